@@ -1,0 +1,316 @@
+"""Load a folder of SEM images, one sub-folder per stress time, into memory.
+
+Layouts accepted by `load_folder(root)`:
+  real:      root/<t>/<any name>.<tif|tiff|png|jpg|jpeg|bmp>
+  synthetic: root/images/<t>/<name>.png, root/masks/<t>/<name>.png, root/manifest.json
+             (`root` may also be the `images` folder itself; masks and manifest are then its siblings)
+`<t>` is the numeric stress time (`0`, `1`, `2.5`, `10`); folders sort numerically and the class index is the rank.
+"""
+import dataclasses
+import json
+import math
+import os
+import re
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+
+from copper_jax.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+# ITU-R BT.601 luma weights, the same as Pillow's RGB -> L conversion.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+# Floor on the std used to standardise, in image units, so a constant image maps to zeros instead of NaN.
+STD_EPS = 1e-6
+STANDARDISE_MODES = ("image", "dataset")
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_READ_FIX = "replace or delete the file, or load with skip_unreadable=True to skip it"
+
+
+@dataclasses.dataclass(eq=False)
+class SEMDataset:
+  """All images of one dataset in memory, with their labels and per-image statistics.
+
+  `root` is the images folder; `paths` are relative to it in posix form ("2.5/img_003.png"). Pixel values are in
+  the files' native units (uint8, uint16 or float32); `mean` and `std` are in those units.
+  """
+  root: str
+  stress_times: np.ndarray  # (T,) float64, ascending
+  label_names: list[str]  # folder names, in stress-time order
+  images: list[np.ndarray]  # (H, W) each, native dtype
+  paths: list[str]
+  labels: np.ndarray  # (N,) int32 class index
+  masks: list[np.ndarray] | None  # (H, W) uint8 {0, 1}, only for the synthetic layout
+  mean: np.ndarray  # (N,) float64
+  std: np.ndarray  # (N,) float64
+  manifest: dict | None
+  skipped: list[str]  # "path: reason"
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.stress_times)
+
+  @property
+  def tau(self) -> np.ndarray:
+    """(T,) float64 stress time normalised to [0, 1]; all zeros when there is a single stress time."""
+    t = self.stress_times
+    span = t[-1] - t[0]
+    return (t - t[0]) / span if span > 0 else np.zeros_like(t)
+
+  @property
+  def image_shape(self) -> tuple:
+    """(H, W) in pixels, after `crop_bottom`."""
+    return tuple(self.images[0].shape)
+
+  def standardised(self, i: int) -> np.ndarray:
+    """(H, W) float32 image `i` as (x - mean) / max(std, eps)."""
+    return standardise_pixels(self.images[i], self.mean[i], self.std[i])
+
+
+def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+  """float32 (pixels - mean) / max(std, STD_EPS); only the given pixels are converted, so pass a patch for speed."""
+  out = pixels.astype(np.float32)
+  out -= np.float32(mean)
+  out *= np.float32(1.0 / max(std, STD_EPS))
+  return out
+
+
+def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
+                standardise: str = "image") -> SEMDataset:
+  """Loads every image under `root` (see module docstring for layouts).
+
+  crop_bottom: rows (pixels) cut from the bottom of every image and mask, e.g. the SEM info bar.
+  skip_unreadable: skip files that cannot be opened or decoded (listed in `dataset.skipped` and warned about)
+    instead of raising DataError.
+  standardise: "image" (each image's own mean/std) or "dataset" (the pooled mean/std of all images).
+  """
+  if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, np.integer)) or crop_bottom < 0:
+    raise ConfigError(f"crop_bottom={crop_bottom!r}: must be a whole number of pixels >= 0")
+  if standardise not in STANDARDISE_MODES:
+    raise ConfigError(f"standardise={standardise!r}: must be one of {', '.join(STANDARDISE_MODES)}")
+  images_dir, masks_dir, manifest_path = _resolve_layout(os.fsdecode(os.fspath(root)))
+  label_names, stress_times = _label_folders(images_dir)
+  skipped = []
+  images, paths, labels, masks = [], [], [], []
+  first = None  # (path, raw shape) of the first image, to name both files when sizes differ
+  for label, name in enumerate(label_names):
+    files = _image_files(images_dir, name)
+    if not files:
+      raise DataError(f"{_show(os.path.join(images_dir, name))}: label folder has no images "
+                      f"({'/'.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+    loaded_in_label = 0
+    for rel in files:
+      path = os.path.join(images_dir, rel)
+      try:
+        image = _read_gray(path)
+        mask = None if masks_dir is None else _read_mask(masks_dir, rel, image.shape)
+      except _Unreadable as e:
+        if not skip_unreadable:
+          raise DataError(f"{e}; {_READ_FIX}") from None
+        skipped.append(str(e))
+        continue
+      if first is None:
+        first = (rel, image.shape)
+      elif image.shape != first[1]:
+        raise DataError(f"{_show(path)} is {_hxw(image.shape)} but {_show(os.path.join(images_dir, first[0]))} is "
+                        f"{_hxw(first[1])} (H x W): all images must have the same size; resize or remove one")
+      if crop_bottom >= image.shape[0]:
+        raise ConfigError(f"crop_bottom={crop_bottom} removes all {image.shape[0]} rows of {_show(path)}: "
+                          f"set crop_bottom to the info-bar height, below the image height")
+      images.append(_crop(image, crop_bottom))
+      if mask is not None:
+        masks.append(_crop(mask, crop_bottom))
+      paths.append(rel)
+      labels.append(label)
+      loaded_in_label += 1
+    if loaded_in_label == 0:
+      raise DataError(f"{_show(os.path.join(images_dir, name))}: every image in this label folder was unreadable "
+                      f"and skipped; replace them or remove the folder")
+  if skipped:
+    warnings.warn(f"skipped {len(skipped)} unreadable file(s): " + " | ".join(skipped), stacklevel=2)
+  mean, std = _statistics(images, standardise)
+  return SEMDataset(
+      root=images_dir, stress_times=stress_times, label_names=label_names, images=images, paths=paths,
+      labels=np.asarray(labels, np.int32), masks=masks if masks_dir is not None else None, mean=mean, std=std,
+      manifest=_read_manifest(manifest_path), skipped=skipped)
+
+
+class _Unreadable(Exception):
+  """A file that cannot be opened or decoded; the message starts with its path."""
+
+
+def _show(path: str) -> str:
+  """The path as printable text, even when the file name is not valid UTF-8."""
+  return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _hxw(shape) -> str:
+  return f"{shape[0]}x{shape[1]}"
+
+
+def _first_line(e: Exception) -> str:
+  """A library message cut to one short line, so errors stay one line."""
+  text = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {text[:160]}"
+
+
+def _resolve_layout(root: str):
+  """(images folder, masks folder or None, manifest path or None) for either layout."""
+  if not os.path.exists(root):
+    raise DataError(f"dataset root {_show(root)} does not exist: check the path (data.root)")
+  if not os.path.isdir(root):
+    raise DataError(f"dataset root {_show(root)} is a file, not a folder: point it at the folder of stress-time "
+                    f"sub-folders")
+  if os.path.isdir(os.path.join(root, "images")):
+    images_dir, parent = os.path.join(root, "images"), root
+  elif os.path.basename(os.path.normpath(root)) == "images":
+    images_dir, parent = root, os.path.dirname(os.path.abspath(root))
+  else:
+    return root, None, None
+  masks_dir = os.path.join(parent, "masks")
+  manifest = os.path.join(parent, "manifest.json")
+  return (images_dir, masks_dir if os.path.isdir(masks_dir) else None,
+          manifest if os.path.isfile(manifest) else None)
+
+
+def _label_folders(images_dir: str):
+  """Label folder names and their (T,) float64 stress times, sorted numerically."""
+  try:
+    entries = sorted(e for e in os.listdir(images_dir) if not e.startswith("."))
+  except OSError as e:
+    raise DataError(f"{_show(images_dir)}: cannot list folder ({_first_line(e)}); check its permissions") from None
+  names = [e for e in entries if os.path.isdir(os.path.join(images_dir, e))]
+  if not names:
+    raise DataError(f"{_show(images_dir)} has no label folders: put images in one sub-folder per stress time, "
+                    f"named by the time (e.g. 0/, 2.5/, 10/)")
+  times = {}
+  for name in names:
+    if not _NUMBER.match(name):
+      raise DataError(f"{_show(os.path.join(images_dir, name))}: folder name is not a stress time; rename it to "
+                      f"the numeric stress time (e.g. 2.5) or move it out of the dataset folder")
+    t = float(name)
+    if not math.isfinite(t):
+      raise DataError(f"{_show(os.path.join(images_dir, name))}: stress time is not finite; rename the folder")
+    if t in times:
+      raise DataError(f"{_show(images_dir)}: folders {_show(times[t])!r} and {_show(name)!r} are the same stress "
+                      f"time {t:g}; merge them into one folder")
+    times[t] = name
+  order = sorted(times)
+  return [times[t] for t in order], np.asarray(order, np.float64)
+
+
+def _image_files(images_dir: str, label_name: str) -> list:
+  """Sorted posix paths (relative to `images_dir`) of image files under one label folder; hidden entries skipped."""
+  top = os.path.join(images_dir, label_name)
+  found = []
+  # followlinks=False: a symlinked folder (possibly a loop) is not entered, so walking always ends.
+  for folder, dirs, files in os.walk(top, onerror=_raise_unlistable, followlinks=False):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    rel_folder = os.path.relpath(folder, images_dir).replace(os.sep, "/")
+    for name in files:
+      if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        found.append(f"{rel_folder}/{name}")
+  return sorted(found)
+
+
+def _raise_unlistable(error: OSError):
+  raise DataError(f"{_show(error.filename or '')}: cannot list folder ({_first_line(error)}); check its permissions")
+
+
+def _read_pixels(path: str) -> np.ndarray:
+  """Decoded pixels of one file; raises _Unreadable naming the file for any failure."""
+  shown = _show(path)
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    raise _Unreadable(f"{shown}: file name is not valid UTF-8 (rename it)") from None
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise _Unreadable(f"{shown}: cannot open ({_first_line(e)})") from None
+  if not data:
+    raise _Unreadable(f"{shown}: file is empty (0 bytes)")
+  try:
+    # index=0: the first page of a multi-page file; the shape check below rejects stacks a plugin returns whole.
+    return np.asarray(iio.imread(data, extension=os.path.splitext(path)[1].lower(), index=0))
+  except Exception as e:  # decoders raise many types (OSError, ValueError, SyntaxError, struct.error, ...)
+    raise _Unreadable(f"{shown}: not a decodable image, corrupt or truncated ({_first_line(e)})") from None
+
+
+def _read_gray(path: str) -> np.ndarray:
+  """(H, W) image in uint8, uint16 or float32; colour is converted to luminance and alpha dropped."""
+  pixels = _read_pixels(path)
+  if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):  # gray or gray + alpha
+    pixels = pixels[..., 0]
+  elif pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # RGB or RGBA
+    pixels = _luminance(pixels[..., :3])
+  if pixels.ndim != 2 or 0 in pixels.shape:
+    raise _Unreadable(f"{_show(path)}: pixel array of shape {pixels.shape} is not one gray or RGB(A) image "
+                      f"(multi-page?); save a single page per file")
+  if pixels.dtype == np.bool_:
+    return pixels.astype(np.uint8)
+  if pixels.dtype not in (np.uint8, np.uint16):
+    pixels = pixels.astype(np.float32, copy=False)  # other depths (int32, float64, ...): float32 is exact below 2**24
+    if not np.isfinite(pixels).all():
+      raise _Unreadable(f"{_show(path)}: contains NaN or infinite pixels")
+  return pixels
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+  """(H, W) luma of (H, W, 3) pixels; integer input rounds back to its own dtype."""
+  luma = rgb.astype(np.float32) @ LUMA_WEIGHTS
+  if np.issubdtype(rgb.dtype, np.integer):
+    info = np.iinfo(rgb.dtype)
+    return np.clip(np.rint(luma), info.min, info.max).astype(rgb.dtype)
+  return luma
+
+
+def _read_mask(masks_dir: str, rel: str, shape) -> np.ndarray:
+  """(H, W) uint8 {0, 1} mask matching image `rel` (same relative path, or same stem with any image extension)."""
+  stem = os.path.splitext(rel)[0]
+  candidates = [rel] + [stem + ext for ext in IMAGE_EXTENSIONS]
+  path = next((os.path.join(masks_dir, c) for c in candidates if os.path.isfile(os.path.join(masks_dir, c))), None)
+  if path is None:
+    raise DataError(f"{_show(os.path.join(masks_dir, rel))}: mask missing for image {_show(rel)}; regenerate the "
+                    f"dataset or delete the masks folder")
+  pixels = _read_pixels(path)
+  if pixels.ndim == 3:
+    pixels = pixels[..., :3].max(axis=-1)  # any non-zero colour channel is foreground; alpha ignored
+  if pixels.shape != shape:
+    raise DataError(f"{_show(path)}: mask is {_hxw(pixels.shape)} but its image is {_hxw(shape)} (H x W); "
+                    f"regenerate the mask")
+  return (pixels > 0).astype(np.uint8)
+
+
+def _crop(pixels: np.ndarray, crop_bottom: int) -> np.ndarray:
+  # copy so the cropped rows' memory is released
+  return pixels[:pixels.shape[0] - crop_bottom].copy() if crop_bottom else pixels
+
+
+def _statistics(images: list, mode: str):
+  """(N,) float64 mean and std per image, or the pooled dataset values repeated, in pixel units."""
+  mean = np.array([im.mean(dtype=np.float64) for im in images])
+  std = np.array([im.std(dtype=np.float64) for im in images])
+  if mode == "dataset":
+    # all images have the same size, so the pooled moments are averages of the per-image ones
+    pooled_mean = mean.mean()
+    pooled_var = max((std ** 2 + mean ** 2).mean() - pooled_mean ** 2, 0.0)
+    mean = np.full_like(mean, pooled_mean)
+    std = np.full_like(std, math.sqrt(pooled_var))
+  return mean, std
+
+
+def _read_manifest(path):
+  if path is None:
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"{_show(path)}: cannot read manifest ({_first_line(e)}); regenerate or delete it") from None
+  if not isinstance(manifest, dict):
+    raise DataError(f"{_show(path)}: manifest is not a JSON object; regenerate or delete it")
+  return manifest
