@@ -1,0 +1,123 @@
+"""One segmentation step lifted over the members axis equals K separate runs, whatever the strategy."""
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from copper_jax import members, seg_steps
+from copper_jax.models import make_model
+
+MODEL = ml_collections.ConfigDict({"c": 4, "d": 1, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
+NUM_LABELS = 3
+
+
+def _setup(num_members=3):
+  model = make_model("segmentation", MODEL)
+  optimizer = optax.adam(1e-2)
+  states = [seg_steps.init_state(model, optimizer, jax.random.key(m), (16, 16), NUM_LABELS)
+            for m in range(num_members)]
+  member_list = [{"targets": jnp.asarray([0.1, 0.4 + 0.1 * m, 0.9]), "learn_g": jnp.asarray(m == 2),
+                  "g_lo": jnp.asarray(0.0), "g_hi": jnp.asarray(1.0)} for m in range(num_members)]
+  rng = np.random.default_rng(0)
+  batches = [{"image": jnp.asarray(rng.normal(size=(4, 16, 16, 1)), jnp.float32),
+              "label": jnp.asarray(rng.integers(0, NUM_LABELS, 4), jnp.int32)} for _ in range(3)]
+  step = functools.partial(seg_steps.train_step, model=model, optimizer=optimizer, loss_kind="mse",
+                           tolerance=0.05, binarise_weight=0.1)
+  return step, states, member_list, batches
+
+
+def _run_separately(step, states, member_list, batches):
+  single = jax.jit(step)
+  out = []
+  for state, member in zip(states, member_list):
+    for batch in batches:
+      state, _ = single(state, member, batch)
+    out.append(state)
+  return members.stack_members(out)
+
+
+@pytest.mark.parametrize("strategy", ["unrolled", "vmap", "map"])
+def test_lifted_step_equals_separate_runs(strategy):
+  step, states, member_list, batches = _setup()
+  expected = _run_separately(step, states, member_list, batches)
+  lifted = jax.jit(members.lift(step, strategy, len(states), chunk=2))
+  stacked, member_arrays = members.stack_members(states), members.stack_members(member_list)
+  for batch in batches:
+    stacked, metrics = lifted(stacked, member_arrays, batch)
+  assert metrics["loss_sum"].shape == (len(states),)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), stacked, expected)
+
+
+def test_learned_member_moves_its_curve_and_fixed_members_do_not():
+  step, states, member_list, batches = _setup()
+  lifted = jax.jit(members.lift(step, "unrolled", len(states)))
+  stacked, member_arrays = members.stack_members(states), members.stack_members(member_list)
+  for batch in batches:
+    stacked, _ = lifted(stacked, member_arrays, batch)
+  g_logits = np.asarray(stacked.params["g_logits"])
+  assert np.all(g_logits[:2] == 0.0) and np.any(g_logits[2] != 0.0)
+
+
+def test_a_non_finite_member_is_frozen_and_marked_while_others_train():
+  step, states, member_list, batches = _setup()
+  member_list[1]["targets"] = jnp.asarray([0.1, jnp.nan, 0.9])
+  batch = dict(batches[0], label=jnp.asarray([1, 1, 0, 2], jnp.int32))
+  lifted = jax.jit(members.lift(step, "unrolled", len(states)))
+  stacked = members.stack_members(states)
+  new, metrics = lifted(stacked, members.stack_members(member_list), batch)
+  assert np.asarray(metrics["diverged"]).tolist() == [False, True, False]
+  before, after = stacked.params["net"], new.params["net"]
+  leaf = lambda tree: np.asarray(jax.tree_util.tree_leaves(tree)[0])
+  np.testing.assert_array_equal(leaf(after)[1], leaf(before)[1])
+  assert not np.array_equal(leaf(after)[0], leaf(before)[0])
+
+
+def test_auto_strategy_per_backend():
+  assert members.resolve_strategy("auto", "cpu") == "unrolled"
+  assert members.resolve_strategy("auto", "gpu") == "vmap"
+
+
+def test_mesh_uses_devices_that_divide_the_members():
+  devices = ["a", "b", "c", "d"]
+  assert members.members_mesh(1, devices) is None
+  assert members.members_mesh(6, devices).devices.size == 3
+  assert members.members_mesh(8, devices).devices.size == 4
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from tests.test_members import _setup
+    from copper_jax import members
+    assert jax.device_count() == 4, jax.devices()
+    step, states, member_list, batches = _setup(num_members=4)
+    mesh = members.members_mesh(4)
+    ms, rep = members.member_sharding(mesh), members.replicated_sharding(mesh)
+    lifted = jax.jit(members.lift(step, "vmap", 4, mesh=mesh))
+    one = jax.jit(members.lift(step, "vmap", 4))
+    a = members.place(members.stack_members(states), ms)
+    b = members.stack_members(states)
+    m = members.stack_members(member_list)
+    for batch in batches:
+      a, _ = lifted(a, members.place(m, ms), members.place(batch, rep))
+      b, _ = one(b, m, batch)
+    assert len(jax.tree_util.tree_leaves(a)[0].sharding.device_set) == 4
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+    print("sharded ok")
+""")
+
+
+def test_sharded_members_over_four_cpu_devices_equal_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "sharded ok" in result.stdout
