@@ -1,0 +1,307 @@
+"""Checkpoints of one run: an orbax CheckpointManager per directory, with strict, verified restore.
+
+Each step directory holds three orbax items:
+  state     the training-state pytree (StandardSave: tensorstore/OCDBT array files plus a _METADATA tree),
+  meta      a JSON dict from the caller; it must hold "config_hash" (and should hold "fingerprint", see
+            `config_fingerprint`) so restore can refuse a checkpoint written under another config,
+  manifest  JSON written by this module: path, shape, dtype and CRC-32 of every state leaf, and the step's
+            best-metric value.
+orbax itself does not notice a garbled array file (it restores wrong numbers silently) nor a target of another
+dtype (it casts), so restore checks the target against the manifest before reading and every value after.
+"""
+import hashlib
+import json
+import math
+import os
+import warnings
+import zlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from copper_jax import config_utils
+from copper_jax.errors import CheckpointError
+
+STATE, META, MANIFEST = "state", "meta", "manifest"
+_MANIFEST_FORMAT = 1
+_ABSENT = "<absent>"
+
+
+def config_fingerprint(config, keys: list[str]) -> tuple[dict, str]:
+  """({dotted key: JSON value} for `keys`, sha256 hex of that dict's canonical JSON)."""
+  flat = {key: config_utils.to_jsonable(config_utils.get(config, key), key) for key in keys}
+  text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+  return flat, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class _Unreadable(Exception):
+  """A step whose files are missing, truncated or garbled; restore falls back to an earlier step."""
+
+
+def _host(leaf) -> np.ndarray:
+  return np.asarray(jax.device_get(leaf))
+
+
+def _crc(array: np.ndarray) -> int:
+  return zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def _spec(shape, dtype) -> str:
+  return f"{np.dtype(dtype).name}[{','.join(str(d) for d in shape)}]"
+
+
+def _manifest(state, best_value: float | None) -> dict:
+  leaves = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    array = _host(leaf)
+    leaves.append({"path": jax.tree_util.keystr(path), "shape": list(array.shape), "dtype": array.dtype.name,
+                   "crc32": _crc(array)})
+  return {"format": _MANIFEST_FORMAT, "leaves": leaves, "best_value": best_value}
+
+
+def _short(value) -> str:
+  text = value if value is _ABSENT else json.dumps(value, sort_keys=True)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _first_line(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= 160 else text[:157] + "..."
+
+
+class _KeepStep:
+  """orbax preservation policy keeping one step chosen by the Checkpointer (the best one), if any."""
+
+  def __init__(self):
+    self.step = None
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context  # Unused; part of orbax's PreservationPolicy protocol.
+    return [info.step == self.step for info in checkpoints]
+
+
+class Checkpointer:
+  """Saves and strictly restores (state, meta) checkpoints in `directory`.
+
+  Keeps the latest `max_to_keep` steps and, when `best_metric` is set, also the step with the best value of
+  `meta["metrics"][best_metric]` (highest for best_mode="max", lowest for "min").
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2, best_metric: str | None = None,
+               best_mode: str = "max"):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep={max_to_keep}: need at least 1 so the latest step is kept")
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"best_mode={best_mode!r}: use 'max' or 'min'")
+    self.directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    self._sign = 1.0 if best_mode == "max" else -1.0
+    # The best step is tracked here rather than with orbax's best_fn: orbax then reads a metrics file of every
+    # step on open and fails outright if one is garbled, which would make the whole directory unusable.
+    self._best = _KeepStep()
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation_policy.AnyPreservationPolicy(
+            [preservation_policy.LatestN(n=max_to_keep), self._best]),
+        # Synchronous: save returns only once the step directory has been renamed into place.
+        enable_async_checkpointing=False,
+        # Removes *.orbax-checkpoint-tmp-* directories left by a run killed mid-save.
+        cleanup_tmp_directories=True,
+        create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META, MANIFEST))
+    self._best_values = {}
+    if best_metric:
+      for step in self.all_steps():
+        try:
+          value = self._read_json_item(step, MANIFEST).get("best_value")
+        except _Unreadable:
+          continue  # A broken step is never the best; restore reports it if it is ever asked for.
+        if value is not None:
+          self._best_values[step] = float(value)
+      self._update_best()
+
+  def _update_best(self, pending: int | None = None) -> None:
+    """Points the keep-policy at the best of the steps on disk (plus `pending`, about to be saved)."""
+    on_disk = set(self._manager.all_steps())
+    self._best_values = {s: v for s, v in self._best_values.items() if s in on_disk or s == pending}
+    # Ties go to the earlier step: it reached the value first.
+    ranked = sorted(self._best_values.items(), key=lambda item: (-self._sign * item[1], item[0]))
+    self._best.step = ranked[0][0] if ranked else None
+
+  def all_steps(self) -> list[int]:
+    """Finalised steps on disk, ascending (unfinished saves are never listed)."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def best_step(self) -> int | None:
+    """Step with the best `best_metric` value; None without best_metric or before any step had a value."""
+    return self._best.step
+
+  def save(self, step: int, state, meta: dict, *, best_value: float | None = None) -> None:
+    """Writes step `step` and returns once it is complete on disk.
+
+    orbax writes into a temporary directory and renames it, so a kill mid-save leaves the previous steps as they
+    were. Steps >= `step` already on disk belong to a run that was rewound (restored from an earlier or fallback
+    step) and are deleted first, with a warning. `best_value` defaults to meta["metrics"][best_metric].
+    """
+    step = int(step)
+    if "config_hash" not in meta:
+      raise ValueError("meta needs a 'config_hash' (see config_fingerprint) so restore can check the config")
+    if best_value is not None and not self.best_metric:
+      raise ValueError("best_value given but this Checkpointer has no best_metric")
+    if best_value is None and self.best_metric:
+      best_value = (meta.get("metrics") or {}).get(self.best_metric)
+    # NaN or inf (a diverged run) must never become the best.
+    best_value = float(best_value) if best_value is not None and math.isfinite(float(best_value)) else None
+    stale = [s for s in self.all_steps() if s >= step]
+    if stale:
+      warnings.warn(f"deleting checkpoints {stale} in {self.directory}: they are at or after step {step} "
+                    "from a run that was rewound", stacklevel=2)
+      for s in stale:
+        self._manager.delete(s)
+      self._update_best()
+    # Decide the best before saving: orbax deletes old steps as part of save, asking the policy what to keep.
+    previous = dict(self._best_values)
+    if best_value is not None:
+      self._best_values[step] = best_value
+      self._update_best(pending=step)
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
+                                 MANIFEST: ocp.args.JsonSave(_manifest(state, best_value))})
+    try:
+      if not self._manager.save(step, args=args, force=True):
+        raise RuntimeError(f"orbax did not save step {step} in {self.directory}")
+      self._manager.wait_until_finished()
+    except BaseException:
+      self._best_values = previous
+      self._update_best()
+      raise
+
+  def restore(self, abstract_state, expected_meta: dict, step: int | None = None,
+              which: str = "latest") -> tuple:
+    """(state, meta) of `step`, or of the latest ("latest") or best ("best") step.
+
+    `abstract_state` is the target pytree (e.g. jax.eval_shape of the init function); the result has exactly its
+    structure, shapes and dtypes. Raises CheckpointError if the checkpoint's config hash differs from
+    expected_meta["config_hash"] or its leaves differ from the target. An unreadable latest step is skipped with
+    a warning in favour of the previous one; an unreadable requested or best step is an error.
+    """
+    if step is not None:
+      candidates = [int(step)]
+      if candidates[0] not in self.all_steps():
+        raise CheckpointError(f"no checkpoint for step {step} in {self.directory} (steps there: "
+                              f"{self.all_steps()}): pick one of those steps")
+    elif which == "latest":
+      candidates = self.all_steps()[::-1]
+    elif which == "best":
+      best = self.best_step()
+      candidates = [] if best is None else [best]
+    else:
+      raise ValueError(f"which={which!r}: use 'latest' or 'best'")
+    if not candidates:
+      raise CheckpointError(f"no {which} checkpoint in {self.directory}: start without restoring or point "
+                            "--workdir at a run that saved one")
+    failures = []
+    for i, candidate in enumerate(candidates):
+      try:
+        return self._restore_step(candidate, abstract_state, expected_meta)
+      except _Unreadable as e:
+        failures.append(f"step {candidate}: {e}")
+        if i + 1 < len(candidates):
+          warnings.warn(f"checkpoint step {candidate} in {self.directory} is unreadable ({e}); falling back to "
+                        f"step {candidates[i + 1]}", stacklevel=2)
+    raise CheckpointError(f"no readable checkpoint in {self.directory} ({'; '.join(failures)}): delete the broken "
+                          "step directories or use a fresh --workdir")
+
+  def _read_json_item(self, step: int, name: str) -> dict:
+    try:
+      value = getattr(self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()})), name)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(f"{name}: {_first_line(e)}") from e
+    if not isinstance(value, dict):
+      raise _Unreadable(f"{name} is {type(value).__name__}, not a JSON object")
+    return value
+
+  def _restore_step(self, step: int, abstract_state, expected_meta: dict) -> tuple:
+    meta = self._read_json_item(step, META)
+    self._check_config(step, meta, expected_meta)
+    manifest = self._read_json_item(step, MANIFEST)
+    saved = manifest.get("leaves")
+    if manifest.get("format") != _MANIFEST_FORMAT or not isinstance(saved, list):
+      raise _Unreadable(f"manifest has format {manifest.get('format')!r}, expected {_MANIFEST_FORMAT}")
+    # Check the target against what was saved before reading: orbax would cast dtypes and may accept other trees.
+    target = [(jax.tree_util.keystr(path), tuple(leaf.shape), np.dtype(leaf.dtype).name)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]]
+    try:
+      stored = [(entry["path"], tuple(entry["shape"]), entry["dtype"]) for entry in saved]
+    except (KeyError, TypeError) as e:
+      raise _Unreadable(f"manifest entry lacks {e}") from e
+    self._check_leaves(step, stored, target)
+    try:
+      state = getattr(self._manager.restore(
+          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})), STATE)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Unreadable(f"state: {_first_line(e)}") from e
+    # orbax has been seen to restore partial trees; never hand one back.
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(abstract_state):
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} restored a tree whose containers differ "
+                            "from the target's: use the code that wrote it or a fresh --workdir")
+    restored = jax.tree_util.tree_flatten_with_path(state)[0]
+    self._check_leaves(step, [(jax.tree_util.keystr(p), tuple(np.shape(x)), np.dtype(x.dtype).name)
+                              for p, x in restored], target)
+    for (path, leaf), entry in zip(restored, saved):
+      if _crc(_host(leaf)) != entry.get("crc32"):
+        raise _Unreadable(f"leaf {path} does not match its saved checksum (garbled file)")
+    return state, meta
+
+  def _check_config(self, step: int, meta: dict, expected_meta: dict) -> None:
+    if meta.get("config_hash") == expected_meta.get("config_hash"):
+      return
+    saved_fp = meta.get("fingerprint") or {}
+    now_fp = json.loads(json.dumps(expected_meta.get("fingerprint") or {}))
+    diffs = []
+    for key in list(now_fp) + [k for k in saved_fp if k not in now_fp]:
+      before, now = saved_fp.get(key, _ABSENT), now_fp.get(key, _ABSENT)
+      if before != now:
+        diffs.append(f"{key} saved {_short(before)} vs now {_short(now)}")
+    if not diffs:
+      diffs = [f"config_hash saved {str(meta.get('config_hash'))[:12]} vs now "
+               f"{str(expected_meta.get('config_hash'))[:12]}"]
+    what = ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+    raise CheckpointError(f"checkpoint step {step} in {self.directory} was written with a different config "
+                          f"({what}): use a fresh --workdir or restore the old config")
+
+  def _check_leaves(self, step: int, stored: list, target: list) -> None:
+    stored_by_path = {path: (shape, dtype) for path, shape, dtype in stored}
+    target_paths = {path for path, _, _ in target}
+    problem = None
+    for path, shape, dtype in target:
+      if path not in stored_by_path:
+        problem = f"leaf {path} ({_spec(shape, dtype)}) is not in the checkpoint"
+      elif stored_by_path[path] != (shape, dtype):
+        problem = f"leaf {path} saved {_spec(*stored_by_path[path])} vs now {_spec(shape, dtype)}"
+      if problem:
+        break
+    else:
+      extra = [path for path, _, _ in stored if path not in target_paths]
+      if extra:
+        problem = f"leaf {extra[0]} in the checkpoint is not in the state now"
+      elif [p for p, _, _ in stored] != [p for p, _, _ in target]:
+        problem = "leaves are in another order"
+    if problem:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} does not fit the state: {problem}; "
+                            "use the code and config that wrote it or a fresh --workdir")
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

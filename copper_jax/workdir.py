@@ -1,0 +1,159 @@
+"""Safe files in a workdir: atomic writes, one process per workdir, the run's config.json."""
+import errno
+import fcntl
+import json
+import os
+import tempfile
+
+import ml_collections
+
+from copper_jax import config_utils
+from copper_jax.errors import UserError
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+
+
+def _fsync_dir(directory: str) -> None:
+  # The rename is only durable once the directory entry is on disk; some filesystems refuse to fsync a directory.
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Replaces `path` with `data` all at once: readers and crashes see the old file or the new one, never a mix.
+
+  On failure (e.g. disk full) the old file is left intact, the temp file is removed and the OSError propagates.
+  """
+  path = os.path.abspath(path)
+  directory = os.path.dirname(path)
+  # Same directory as the target, so os.replace is a rename within one filesystem.
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(fd, view):]
+      # mkstemp creates 0600; keep the old file's mode, or the usual 0644 for a new one.
+      os.fchmod(fd, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    os.replace(tmp, path)
+  except BaseException:
+    try:
+      os.unlink(tmp)
+    except FileNotFoundError:
+      pass
+    raise
+  _fsync_dir(directory)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """`atomic_write_bytes` of UTF-8 text."""
+  atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str, obj) -> None:
+  """`atomic_write_bytes` of `obj` as indented JSON with sorted keys and a final newline."""
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class WorkdirLock:
+  """Exclusive lock on `workdir/.lock` so two copper_jax processes never write one workdir.
+
+  Uses flock, which the kernel drops when the process dies, so a killed run never leaves a stale lock. The lock
+  file stays in place: deleting it would let a second process lock a fresh inode while the first still runs.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(workdir)
+    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    if self._fd is not None:
+      raise RuntimeError(f"WorkdirLock for {self.workdir} is already held by this object")
+    os.makedirs(self.workdir, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        raise
+      holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+      os.close(fd)
+      raise UserError(f"workdir {self.workdir} is in use by another copper_jax process (pid {holder}); "
+                      "wait for it or choose another --workdir") from None
+    # The pid is only for the message above; the lock itself is the flock.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def release(self) -> None:
+    """Drops the lock (also done by the kernel when the process exits)."""
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ConfigDict saved in `workdir/config.json` (tuples come back as lists)."""
+  path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"no {CONFIG_FILE} in {os.path.abspath(workdir)}: is it a copper_jax workdir?") from None
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}): restore it from a backup or use a fresh --workdir") from None
+  if not isinstance(data, dict):
+    raise UserError(f"{path} does not hold a JSON object: restore it from a backup or use a fresh --workdir")
+  return ml_collections.ConfigDict(data)
+
+
+def _differs(saved: dict, new: dict, keys: list[str] | None) -> bool:
+  if keys is None:
+    return config_utils.config_to_json(saved) != config_utils.config_to_json(new)
+  missing = object()
+  for key in keys:
+    a, b = config_utils.get(saved, key, missing), config_utils.get(new, key, missing)
+    if (a is missing) != (b is missing):
+      return True
+    if a is not missing and config_utils.config_to_json({"v": a}) != config_utils.config_to_json({"v": b}):
+      return True
+  return False
+
+
+def save_config(workdir: str, config, keys: list[str] | None = None) -> ml_collections.ConfigDict | None:
+  """Writes `workdir/config.json` unless the saved one differs from `config` in `keys` (all keys when None).
+
+  Returns None when config.json now holds `config`. Returns the saved ConfigDict, leaving the file untouched,
+  when it differs in `keys`: the caller decides whether that is an error. A difference only in other keys (e.g. a
+  resumed run with more steps) rewrites the file, so it always describes the latest run.
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  new = json.loads(config_utils.config_to_json(config))
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    saved = load_config(workdir)
+    if _differs(saved.to_dict(), new, keys):
+      return saved
+    if config_utils.config_to_json(saved) == config_utils.config_to_json(new):
+      return None
+  atomic_write_json(os.path.join(workdir, CONFIG_FILE), new)
+  return None
