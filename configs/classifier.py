@@ -1,0 +1,86 @@
+"""Baseline stress-time classifier: the paper's residual CNN predicting the label of an SEM image.
+
+Presets (`--config=configs/classifier.py:PRESET`):
+  smoke  seconds, on the generated tiny set; tests and a first look:
+         python launch/train.py --config=configs/classifier.py:smoke --workdir=/tmp/clf_smoke
+  demo   about 5 minutes on 2 CPU cores, on the generated synthetic demo set:
+         python launch/train.py --config=configs/classifier.py:demo --workdir=runs/clf_demo
+  paper  the paper's shapes (960x1280 images, 40/5/5 split, larger net); meant for a GPU:
+         python launch/train.py --config=configs/classifier.py:paper --workdir=runs/clf --config.data.root=/data/sem
+
+Any key can be overridden, e.g. `--config.model.c=32 --config.train.num_epochs=50`; misspelt keys fail.
+Then: python launch/evaluate.py --workdir=W [--split=test] [--cam=8]
+"""
+import ml_collections
+
+PRESETS = ("smoke", "demo", "paper")
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/classifier.py; use one of {', '.join(PRESETS)}")
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  config.seed = 0                      # initial weights and patch sampling; the split uses it too
+
+  # The same data layout as configs/sweep.py, so both jobs can share a dataset and its split.
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
+  config.data.crop_bottom = 0          # pixels of SEM info bar to remove
+  config.data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
+  # "dataset": one mean and std for all images, as in the sweep, so CAMs and masks see the same inputs. "image"
+  # (each image's own) hands the classifier a global cue: an image's std falls as its smoothed area grows.
+  config.data.standardise = "dataset"
+  config.data.split = ml_collections.ConfigDict({"train": 8, "val": 2, "test": 2})  # per label; ints or fractions
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.preset = "demo"
+  config.data.synthetic.f_true = "sqrt"
+  config.data.synthetic.confounded = False
+  config.data.synthetic.seed = 0
+
+  # Unrestricted: the classifier may use any cue of the stress time, so its receptive field may be large.
+  config.model = ml_collections.ConfigDict({"c": 16, "d": 3, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
+
+  # The paper's Adam defaults; "cosine" or "warmup_cosine" decay over the whole run.
+  config.optim = ml_collections.ConfigDict({"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                                            "schedule": "constant", "warmup_steps": 0})
+
+  config.train = ml_collections.ConfigDict()
+  config.train.patch_size = 128        # random square patches for training; evaluation sees whole images
+  config.train.batch_size = 16
+  config.train.num_steps = 0           # the duration, stated once: num_steps or num_epochs (exactly one > 0)
+  config.train.num_epochs = 60         # an epoch = every training image once, as one patch
+  config.train.flips = False           # off: SEM detectors shade directionally
+  config.train.rot90 = False
+  config.train.log_every = 20          # steps between training-metric lines
+  config.train.eval_every_epochs = 5   # validation and checkpoint (latest, and best by val accuracy)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 8           # whole images per evaluation batch
+  config.eval.split = "test"           # the split of the figures and the headline
+  config.eval.checkpoint = "best"      # best (by validation accuracy) or latest
+  config.eval.num_cam = 0              # CAM overlays written after training (launch/evaluate.py --cam=N too)
+
+  if preset == "smoke":
+    config.data.synthetic.preset = "tiny"
+    config.data.split = ml_collections.ConfigDict({"train": 4, "val": 1, "test": 1})
+    config.model.update({"c": 8, "d": 2})
+    config.optim.learning_rate = 3e-3
+    config.train.patch_size = 48
+    config.train.batch_size = 8
+    config.train.num_epochs = 100       # 200 steps: enough for the tiny set to be learnt, in seconds
+    config.train.log_every = 20
+    config.train.eval_every_epochs = 20
+    config.eval.num_cam = 2
+  elif preset == "paper":
+    config.data.synthetic.preset = "paper"
+    config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
+    config.model.update({"c": 32, "d": 5, "n": 2, "N": 2, "dtype": "bfloat16"})
+    config.optim.schedule = "cosine"
+    config.train.patch_size = 256
+    config.train.batch_size = 32
+    config.train.num_epochs = 200
+    config.train.log_every = 100
+    config.train.eval_every_epochs = 1
+    config.eval.batch_size = 4
+  return config

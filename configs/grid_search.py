@@ -1,0 +1,56 @@
+"""The paper's architecture search for the classifier over (c, d, n, N), within a device-memory budget.
+
+Presets (`--config=configs/grid_search.py:PRESET`); each is the classifier preset of the same name plus a grid:
+  smoke  seconds; two points on the tiny set, the second deliberately over a tiny memory budget:
+         python launch/grid_search.py --config=configs/grid_search.py:smoke --workdir=/tmp/grid_smoke
+  demo   a few small nets on the synthetic demo set (about 15 minutes on 2 CPU cores):
+         python launch/grid_search.py --config=configs/grid_search.py:demo --workdir=runs/grid_demo
+  paper  the paper's ranges on real images; meant for a GPU:
+         python launch/grid_search.py --config=configs/grid_search.py:paper --workdir=runs/grid \
+           --config.data.root=/data/sem
+
+The grid is the product of the value lists, or `grid.points` when given, e.g.
+`--config.grid.points='((8, 2, 1, 1), (16, 3, 1, 1))'`. Restarting the same command resumes the search.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+PRESETS = ("smoke", "demo", "paper")
+
+
+def _classifier_config(preset: str) -> ml_collections.ConfigDict:
+  # config_flags loads this file by path, so its sibling is loaded the same way rather than imported.
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifier.py")
+  spec = importlib.util.spec_from_file_location("copper_jax_classifier_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/grid_search.py; use one of {', '.join(PRESETS)}")
+  config = _classifier_config(preset)
+  config.grid = ml_collections.ConfigDict()
+  config.grid.c = (8, 16)              # channels
+  config.grid.d = (2, 3)               # stages (poolings)
+  config.grid.n = (1,)                 # convolutions per residual block
+  config.grid.N = (1,)                 # residual blocks per stage
+  config.grid.points = ()              # explicit (c, d, n, N) points instead of the product; () = the product
+  # Device memory one step may use, from XLA's compiled memory analysis of the train and eval steps.
+  config.grid.budget_mb = 1024.0
+
+  if preset == "smoke":
+    config.grid.points = ((8, 2, 1, 1), (32, 2, 2, 2))
+    config.grid.budget_mb = 20.0       # the first point needs about 4 MiB, the second about 40
+  elif preset == "demo":
+    config.train.num_epochs = 30
+  elif preset == "paper":
+    config.grid.c = (16, 32, 64)
+    config.grid.d = (3, 4, 5)
+    config.grid.n = (1, 2)
+    config.grid.N = (1, 2)
+    config.grid.budget_mb = 40 * 1024.0
+  return config

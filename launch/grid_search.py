@@ -1,0 +1,30 @@
+"""The classifier's architecture search over (c, d, n, N), within a device-memory budget.
+
+  python launch/grid_search.py --config=configs/grid_search.py:demo --workdir=runs/grid_demo [--config.data.root=DIR]
+
+Writes WORKDIR/grid.md (ranked table, best named), grid.csv and grid.json; each point trains in
+WORKDIR/points/<c>_<d>_<n>_<N>/. Restarting the same command resumes the search.
+"""
+from absl import flags
+from ml_collections import config_flags
+
+from copper_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/grid_search.py:demo", "Grid-search config and preset.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the points, the table and the shared data.",
+                               required=True)
+_QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
+
+
+def main(argv):
+  del argv
+  from copper_jax import grid_search
+  grid = grid_search.run_grid(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  if _QUIET.value:
+    print(grid_search.headline(grid))
+  print(f"table: {_WORKDIR.value}/grid.md")
+
+
+if __name__ == "__main__":
+  cli.run(main)

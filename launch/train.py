@@ -1,0 +1,28 @@
+"""Trains the baseline stress-time classifier, then writes `WORKDIR/results.json` and its figures.
+
+  python launch/train.py --config=configs/classifier.py:demo --workdir=runs/clf_demo [--config.data.root=DIR]
+
+Restarting the same command resumes from the last checkpoint.
+"""
+from absl import flags
+from ml_collections import config_flags
+
+from copper_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/classifier.py:demo", "Classifier config and preset.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.", required=True)
+_QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
+
+
+def main(argv):
+  del argv
+  from copper_jax import classifier
+  results = classifier.train_and_evaluate(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  if _QUIET.value:
+    print(classifier.headline(results, results["figures"]["split"]))
+  print(f"results: {_WORKDIR.value}/results.json")
+
+
+if __name__ == "__main__":
+  cli.run(main)
