@@ -1,0 +1,104 @@
+"""Hypothesis sweep: many g(t) trained side by side, ranked by held-out error.
+
+Presets (`--config=configs/sweep.py:PRESET`):
+  smoke  seconds; tests and a first look:
+         python launch/sweep.py --config=configs/sweep.py:smoke --workdir=/tmp/sweep_smoke
+  demo   the README's main job, about 5 minutes on 2 CPU cores, on the generated synthetic demo set:
+         python launch/sweep.py --config=configs/sweep.py:demo --workdir=runs/demo
+  paper  the paper's shapes (960x1280 images, 40/5/5 split, larger net); meant for a GPU:
+         python launch/sweep.py --config=configs/sweep.py:paper --workdir=runs/paper --config.data.root=/data/sem
+
+Any key can be overridden, e.g. `--config.model.c=16 --config.num_seeds=3`; misspelt keys fail.
+"""
+import ml_collections
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.preset = preset
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
+  config.data.crop_bottom = 0          # pixels of SEM info bar to remove
+  config.data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
+  # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
+  # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise
+  # by a function of f(t), a global cue a local model could read (SCIENCE.md, "Why the ranking can work").
+  config.data.standardise = "dataset"
+  config.data.split = ml_collections.ConfigDict({"train": 8, "val": 2, "test": 2})  # per label; ints or fractions
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.preset = "demo"
+  config.data.synthetic.f_true = "sqrt"
+  config.data.synthetic.confounded = False
+  config.data.synthetic.seed = 0
+
+  # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
+  # global fraction, which is what makes the ranking of hypotheses meaningful (README, "Why the receptive field").
+  config.model = ml_collections.ConfigDict({"c": 8, "d": 2, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
+
+  config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)",
+                       "saturating_exp(beta=3)", "sigmoid(slope=10, mid=0.5)", "learned")
+  config.num_seeds = 2
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.kind = "mse"             # mse (the paper's eq. 4) | bce | interval
+  config.loss.tolerance = 0.05         # half-width of the band for `interval`
+  config.loss.binarise_weight = 0.1    # weight of the s(1-s) penalty pushing pixels to 0 or 1
+
+  config.optim = ml_collections.ConfigDict({"learning_rate": 3e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+                                            "schedule": "cosine", "warmup_steps": 0})
+
+  config.train = ml_collections.ConfigDict()
+  config.train.patch_size = 64
+  config.train.batch_size = 16
+  config.train.num_steps = 300         # the duration, stated once (or num_epochs; exactly one > 0)
+  config.train.num_epochs = 0
+  config.train.flips = False           # off: SEM detectors shade directionally
+  config.train.rot90 = False
+  config.train.log_every = 25
+  config.train.checkpoint_every = 100
+
+  config.members = ml_collections.ConfigDict()
+  config.members.strategy = "auto"     # auto | unrolled | vmap | map (see copper_jax/members.py)
+  config.members.chunk = 0             # members per chunk for `map` (0: all)
+  config.members.shard = True          # spread members over all local devices when there are several
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 8
+  config.eval.num_overlays = 6         # held-out images shown with their masks
+  config.eval.bootstrap = 2000         # resamples for the 95% intervals
+  config.eval.report = True
+
+  if preset == "smoke":
+    config.data.synthetic.preset = "tiny"
+    config.data.split = ml_collections.ConfigDict({"train": 4, "val": 1, "test": 1})
+    config.model.update({"c": 4, "d": 1})
+    config.hypotheses = ("linear", "power(gamma=0.5)", "learned")
+    config.num_seeds = 1
+    config.train.patch_size = 32
+    config.train.batch_size = 4
+    config.train.num_steps = 6
+    config.train.log_every = 2
+    config.train.checkpoint_every = 3
+    config.eval.num_overlays = 2
+    config.eval.bootstrap = 200
+  elif preset == "demo":
+    pass
+  elif preset == "paper":
+    config.data.synthetic.preset = "paper"
+    config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
+    config.data.crop_bottom = 0
+    config.model.update({"c": 32, "d": 3, "n": 2, "N": 1, "dtype": "bfloat16"})
+    config.num_seeds = 3
+    config.train.patch_size = 256
+    config.train.batch_size = 32
+    config.train.num_steps = 0
+    config.train.num_epochs = 200
+    config.train.log_every = 100
+    config.train.checkpoint_every = 1000
+    config.optim.learning_rate = 1e-3
+    config.eval.batch_size = 4
+  else:
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo or paper")
+  return config

@@ -1,0 +1,363 @@
+"""`workdir/report.html`: one self-contained static page for experts (figures embedded, no network, inline JS).
+
+Sections: the verdict, what the mask fraction is (and is not), run and data, the ranking with 95% intervals, the
+paper's Figure 10, masks on held-out images with an opacity slider (and the classifier's CAM of the same image when
+a classifier workdir is named), the learned g, the classifier's confusion matrix and the blind test of experts.
+
+The mask viewer reads `workdir/overlays.npz`, written by `save_overlays` at the end of a sweep; without it the
+report shows the static overlay figure instead.
+"""
+import base64
+import html
+import io
+import json
+import os
+
+import numpy as np
+
+from copper_jax import workdir
+from copper_jax.errors import UserError
+
+OVERLAYS_FILE = "overlays.npz"
+# Longest side, in pixels, of the images embedded in the mask viewer; larger images are block-averaged.
+VIEWER_SIDE = 512
+TRUTH_RGBA = (0, 230, 255, 255)
+
+
+def save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW) -> str:
+  """`workdir/overlays.npz` for the report's mask viewer: the held-out images as display gray levels, the mask of
+  seed 0 of every hypothesis (uint8, 255 = smoothed) and the true masks where known."""
+  from copper_jax import predict
+  overlay_idx = np.asarray(overlay_idx, np.int64)
+  num_seeds = summary["num_seeds"]
+  masks_KxIxHxW = np.asarray(masks_MxIxHxW)[::num_seeds]
+  arrays = {
+      "index": overlay_idx, "path": np.array([dataset.paths[i] for i in overlay_idx]),
+      "stress_time": dataset.stress_times[dataset.labels[overlay_idx]],
+      "hypotheses": np.array([h["name"] for h in summary["hypotheses"]]),
+      "image": np.stack([predict.display_gray(dataset.images[i]) for i in overlay_idx]),
+      "mask": np.clip(np.rint(masks_KxIxHxW * 255), 0, 255).astype(np.uint8),
+  }
+  if dataset.masks is not None:
+    arrays["truth"] = np.stack([dataset.masks[i] for i in overlay_idx]).astype(np.uint8)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  path = os.path.join(work_dir, OVERLAYS_FILE)
+  workdir.atomic_write_bytes(path, buffer.getvalue())
+  return path
+
+
+def _png_uri(data: bytes) -> str:
+  return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image(path, alt, css_class="figure"):
+  with open(path, "rb") as f:
+    uri = _png_uri(f.read())
+  return f'<img class="{css_class}" alt="{html.escape(alt)}" src="{uri}">'
+
+
+def _fmt(x, digits=4):
+  return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def _shrink(pixels_HxW, side=VIEWER_SIDE):
+  """Block mean by the smallest integer factor that brings the longest side to at most `side` pixels."""
+  factor = -(-max(pixels_HxW.shape[:2]) // side)
+  if factor <= 1:
+    return pixels_HxW
+  H, W = (pixels_HxW.shape[0] // factor) * factor, (pixels_HxW.shape[1] // factor) * factor
+  blocks = pixels_HxW[:H, :W].astype(np.float32).reshape(H // factor, factor, W // factor, factor)
+  return blocks.mean(axis=(1, 3))
+
+
+def _mask_png(mask_HxW_uint8) -> bytes:
+  """RGBA: the overlay tint with alpha = mask, so the slider's opacity fades the whole mask at once."""
+  from copper_jax import predict
+  alpha = np.clip(np.rint(_shrink(mask_HxW_uint8)), 0, 255).astype(np.uint8)
+  rgba = np.empty((*alpha.shape, 4), np.uint8)
+  rgba[..., :3] = predict.TINT_RGB.astype(np.uint8)
+  rgba[..., 3] = alpha
+  return predict.png_bytes(rgba)
+
+
+def _truth_png(truth_HxW) -> bytes:
+  """RGBA: the border of the true smoothed regions, transparent elsewhere."""
+  from copper_jax import predict
+  inside = _shrink(truth_HxW.astype(np.float32)) >= 0.5
+  border = np.zeros_like(inside)
+  border[1:] |= inside[1:] != inside[:-1]
+  border[:, 1:] |= inside[:, 1:] != inside[:, :-1]
+  rgba = np.zeros((*inside.shape, 4), np.uint8)
+  rgba[border] = TRUTH_RGBA
+  return predict.png_bytes(rgba)
+
+
+def _ranking_table(summary):
+  split = summary["rank_split"]
+  head = ("<tr><th>rank</th><th>hypothesis</th><th>train error</th><th>val error [95%]</th>"
+          "<th>test error [95%]</th><th>IoU smoothed (test)</th><th>mean IoU (test)</th></tr>")
+  body = []
+  rows = sorted(summary["hypotheses"], key=lambda r: (r["rank"] is None, r["rank"] or 0))
+  truth = summary.get("f_true", {}).get("closest_hypothesis")
+  tied = set(summary.get("tied_with_leader", [])) | {summary.get("leader")}
+  for r in rows:
+    def cell(s):
+      loss = r["loss"].get(s)
+      if loss is None:
+        return "<td>-</td>"
+      return f"<td>{_fmt(loss['mean'])} [{_fmt(loss['ci95'][0])}, {_fmt(loss['ci95'][1])}]</td>"
+    iou = r["iou"].get("test") or r["iou"].get(split) or {}
+    name = html.escape(r["name"]) + (" <em>(closest to the true f)</em>" if r["name"] == truth else "")
+    status = str(r["rank"]) if r["rank"] else "diverged"
+    train = r["loss"].get("train")
+    css = ' class="lead"' if r["name"] in tied and not summary.get("distinguishable", False) else ""
+    body.append(f"<tr{css}><td>{status}</td><td>{name}</td><td>{_fmt(train['mean']) if train else '-'}</td>"
+                f"{cell('val')}{cell('test')}<td>{_fmt(iou.get('smoothed'), 3)}</td>"
+                f"<td>{_fmt(iou.get('mean_iou'), 3)}</td></tr>")
+  note = ('<p class="note">Shaded rows: the leader and the hypotheses whose 95% intervals overlap its interval; '
+          'the data do not order them.</p>' if not summary.get("distinguishable", True) else "")
+  return f"<table>{head}{''.join(body)}</table>{note}"
+
+
+def _run_table(summary):
+  data, config = summary["data"], summary.get("config", {})
+  model = config.get("model", {})
+  train = config.get("train", {})
+  rows = [
+      ("data", f"{html.escape(str(data['root']))}"),
+      ("images", f"{data['num_images']} of {data['image_shape'][0]} x {data['image_shape'][1]} pixels; split "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(data["split_sizes"].items()))),
+      ("stress times", ", ".join(f"{t:g}" for t in summary["labels"]["stress_times"])),
+      ("skipped files", html.escape("; ".join(data.get("skipped", []))) or "none"),
+      ("model", f"segmentation net c={model.get('c')} d={model.get('d')} n={model.get('n')} N={model.get('N')}, "
+                f"{model.get('norm')} norm; receptive field {summary['receptive_field']} pixels"),
+      ("training", f"{train.get('num_steps') or str(train.get('num_epochs')) + ' epochs'} steps of "
+                   f"{train.get('batch_size')} patches of {train.get('patch_size')} pixels, loss "
+                   f"{html.escape(str(config.get('loss', {}).get('kind')))}; {summary['num_seeds']} seed(s) "
+                   f"per hypothesis"),
+      ("ranking", f"{html.escape(summary['ranking_measure'])}, on the {summary['rank_split']} split"),
+  ]
+  return "<table class=\"kv\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _learned_table(summary):
+  learned = summary["learned_g"]
+  t = summary["labels"]["stress_times"]
+  columns = [("learned g", learned["curve"])]
+  if learned.get("isotonic_fit_of_train_masks"):
+    columns.append(("isotonic fit of its masks", learned["isotonic_fit_of_train_masks"]))
+  if "f_true" in summary:
+    columns.append(("true f", summary["f_true"]["values"]))
+  head = "<tr><th>t</th>" + "".join(f"<th>{html.escape(c)}</th>" for c, _ in columns) + "</tr>"
+  body = "".join("<tr><td>" + f"{t[i]:g}</td>" + "".join(f"<td>{v[i]:.3f}</td>" for _, v in columns) + "</tr>"
+                 for i in range(len(t)))
+  return f"<table>{head}{body}</table>"
+
+
+def _cams(classifier_dir, summary, overlays):
+  """{image position: (CAM overlay PNG, caption)} from the classifier's checkpoint, for the viewer's images."""
+  from copper_jax import predict
+  model = predict.ClassifierPredictor(classifier_dir)
+  root = summary["data"]["root"]
+  out = {}
+  for j, rel in enumerate(overlays["path"]):
+    pixels = model.reader.read(os.path.join(root, str(rel)))
+    prob, cam = model.classify(pixels)
+    gray = predict.display_gray(pixels)[:cam.shape[0]]
+    k = int(prob.argmax())
+    caption = f"classifier: t={model.stress_times[k]:g} (p={prob[k]:.2f})"
+    out[j] = (predict.png_bytes(np.clip(np.rint(_shrink(predict.cam_overlay(gray, cam).astype(np.float32))), 0,
+                                        255).astype(np.uint8)), caption)
+  return out
+
+
+def _viewer(work_dir, summary, classifier_dir):
+  """Held-out images with a mask layer: an opacity slider, a hypothesis menu, the true border, the CAM."""
+  with np.load(os.path.join(work_dir, OVERLAYS_FILE)) as f:
+    overlays = {k: f[k] for k in f.files}
+  names = [str(n) for n in overlays["hypotheses"]]
+  ranked = [n for n in summary["ranking"] if n in names] + [n for n in names if n not in summary["ranking"]]
+  masks = {n: [_png_uri(_mask_png(m)) for m in overlays["mask"][names.index(n)]] for n in ranked}
+  cams, cam_note = {}, ""
+  if classifier_dir:
+    try:
+      cams = _cams(classifier_dir, summary, overlays)
+    except UserError as e:
+      cam_note = f'<p class="note">No class activation maps: {html.escape(str(e))}</p>'
+  cells = []
+  for j in range(len(overlays["path"])):
+    image = _png_uri(_image_png(overlays["image"][j]))
+    truth = (f'<img class="truth layer" alt="true border" src="{_png_uri(_truth_png(overlays["truth"][j]))}">'
+             if "truth" in overlays else "")
+    stack = (f'<div class="stack"><img class="base" alt="held-out image {j}" src="{image}">'
+             f'<img class="mask layer" alt="mask" data-image="{j}" src="{masks[ranked[0]][j]}">{truth}</div>')
+    caption = f"t={float(overlays['stress_time'][j]):g}: {html.escape(str(overlays['path'][j]))}"
+    cam = ""
+    if j in cams:
+      cam = (f'<figure><img class="base" alt="CAM of image {j}" src="{_png_uri(cams[j][0])}">'
+             f'<figcaption>{html.escape(cams[j][1])}</figcaption></figure>')
+    cells.append(f'<div class="pair"><figure>{stack}<figcaption>{caption}</figcaption></figure>{cam}</div>')
+  options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in ranked)
+  truth_box = ('<label><input type="checkbox" id="truth" checked> true border (cyan)</label>'
+               if "truth" in overlays else "")
+  cam_text = (" Right of each image: the class activation map of the classifier's predicted stress time (red: "
+              "evidence for it, blue: against)." if cams else "")
+  return f"""
+<p>Orange: the mask (smoothed surface) of seed 0 of the chosen hypothesis over the held-out image.{cam_text}</p>
+<div class="controls">
+<label>hypothesis <select id="hypothesis">{options}</select></label>
+<label>mask opacity <input type="range" id="opacity" min="0" max="100" value="60"> <span id="opacity-value">60%</span></label>
+{truth_box}
+</div>
+{cam_note}
+<div class="viewer">{''.join(cells)}</div>
+<script type="application/json" id="mask-data">{json.dumps(masks)}</script>
+"""
+
+
+def _image_png(gray_HxW) -> bytes:
+  from copper_jax import predict
+  return predict.png_bytes(np.clip(np.rint(_shrink(gray_HxW)), 0, 255).astype(np.uint8))
+
+
+VIEWER_JS = """
+(function () {
+  const slider = document.getElementById('opacity');
+  if (!slider) return;
+  const masks = JSON.parse(document.getElementById('mask-data').textContent);
+  const layers = document.querySelectorAll('img.mask');
+  function setOpacity() {
+    layers.forEach(function (m) { m.style.opacity = slider.value / 100; });
+    document.getElementById('opacity-value').textContent = slider.value + '%';
+  }
+  slider.addEventListener('input', setOpacity);
+  document.getElementById('hypothesis').addEventListener('change', function (e) {
+    layers.forEach(function (m) { m.src = masks[e.target.value][Number(m.dataset.image)]; });
+  });
+  const truth = document.getElementById('truth');
+  if (truth) truth.addEventListener('change', function () {
+    document.querySelectorAll('img.truth').forEach(function (t) { t.style.display = truth.checked ? '' : 'none'; });
+  });
+  setOpacity();
+})();
+"""
+
+STYLE = """
+body { font-family: sans-serif; max-width: 1150px; margin: 1em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+table.kv th { background: #f3f3f3; white-space: nowrap; }
+tr.lead { background: #fff4d6; }
+img.figure { max-width: 100%; }
+.verdict { font-size: 1.15em; background: #f3f3f3; padding: 0.6em; border-left: 5px solid #c60; }
+.caveat { background: #eef6ff; padding: 0.6em; border-left: 5px solid #369; }
+.note { color: #555; font-size: 0.9em; }
+.controls { margin: 0.5em 0; display: flex; gap: 2em; align-items: center; flex-wrap: wrap; }
+.viewer { display: flex; flex-wrap: wrap; gap: 14px; }
+.pair { display: flex; gap: 6px; }
+.stack { position: relative; display: inline-block; line-height: 0; }
+.stack img.base { display: block; width: 256px; image-rendering: pixelated; }
+.stack img.layer { position: absolute; left: 0; top: 0; width: 100%; height: 100%; image-rendering: pixelated; }
+figure { margin: 0; } figure > img.base { width: 256px; image-rendering: pixelated; }
+figcaption { font-size: 0.75em; color: #444; max-width: 256px; overflow-wrap: anywhere; line-height: 1.3; }
+pre { background: #f8f8f8; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+
+def _classifier_section(classifier_dir):
+  """The classifier's headline numbers and its confusion and per-label figures, from its results.json."""
+  path = os.path.join(classifier_dir, "results.json")
+  if not os.path.exists(path):
+    return f'<p class="note">No classifier results in {html.escape(classifier_dir)} (results.json).</p>'
+  with open(path, encoding="utf-8") as f:
+    results = json.load(f)
+  split = results.get("figures", {}).get("split", "test")
+  s = results["splits"][split]
+  text = (f"<p>Classifier in {html.escape(classifier_dir)}, {split} split of {s['num_images']} images: accuracy "
+          f"{_fmt(s['accuracy'], 3)}, mean absolute error {_fmt(s['mae_label_steps'], 3)} label steps, Spearman "
+          f"{_fmt(s['spearman'], 3)}.</p>")
+  figures = "".join(_image(os.path.join(classifier_dir, results["figures"][k]), k)
+                    for k in ("confusion", "per_label") if k in results.get("figures", {}))
+  return text + figures
+
+
+def _blind_test_section(folders):
+  """The experts' figures written by `blind_test.expert_results`, from any of `folders` that has them."""
+  from copper_jax import blind_test
+  parts = []
+  for folder in folders:
+    path = os.path.join(folder, blind_test.FOLDER, blind_test.RESULTS_FILE)
+    if not os.path.exists(path):
+      continue
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+    for name, expert in sorted(results["experts"].items()):
+      parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(blind_test.headline(name, expert))}</p>")
+      parts.extend(_image(os.path.join(folder, blind_test.FOLDER, p), p) for p in expert["figures"].values())
+  return "".join(parts)
+
+
+def write_sweep_report(work_dir, summary, classifier_dir=None) -> str:
+  """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz.
+
+  classifier_dir: a classifier workdir shown next to the sweep (CAMs of the same images, confusion matrix);
+  default: the sweep config's `eval.classifier_workdir` when it has one.
+  """
+  config = summary.get("config", {})
+  classifier_dir = classifier_dir or config.get("eval", {}).get("classifier_workdir") or None
+  figures = summary.get("figures", {})
+  figure = lambda key, title: (_image(os.path.join(work_dir, figures[key]), title) if key in figures else "")
+  truth = ""
+  if "f_true" in summary:
+    f = summary["f_true"]
+    truth = (f"<p>Synthetic data with known ground truth: f_true = <b>{html.escape(str(f['name']))}</b>"
+             f"{' (confounded set: the label is carried by blur, not by area)' if f['confounded'] else ''}. "
+             f"Closest hypothesis: <b>{html.escape(f['closest_hypothesis'])}</b>, ranked {f['closest_rank']}.</p>")
+  baseline = summary.get("iou_all_smoothed_baseline")
+  baseline_text = (f'<p class="note">For comparison, a mask that calls everything smoothed scores mean IoU '
+                   f"{_fmt(baseline['mean_iou'], 3)}.</p>" if baseline else "")
+  if os.path.exists(os.path.join(work_dir, OVERLAYS_FILE)):
+    masks = _viewer(work_dir, summary, classifier_dir)
+  else:
+    masks = figure("overlays", "Masks on held-out images")
+  learned = ""
+  if "learned_g" in summary:
+    learned = ("<h2>The learned hypothesis</h2><p>A monotone g learned jointly with its model, endpoints pinned. "
+               "Where it follows the isotonic fit of its own masks, model and curve agree.</p>"
+               + figure("learned_g", "learned g") + _learned_table(summary))
+  classifier = (f"<h2>Stress-time classifier</h2>{_classifier_section(classifier_dir)}" if classifier_dir else "")
+  experts = _blind_test_section([work_dir] + ([classifier_dir] if classifier_dir else []))
+  experts = f"<h2>Blind test of experts</h2>{experts}" if experts else ""
+  page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>copper_jax sweep report</title>
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<style>{STYLE}</style></head><body>
+<h1>Hypothesis sweep: which g(t) describes the smoothed area?</h1>
+<p class="verdict">{html.escape(summary['verdict'])}</p>
+{truth}
+<p class="caveat"><b>What the mask fraction is.</b> {html.escape(summary['what_the_mask_is'])}</p>
+<h2>Run and data</h2>
+{_run_table(summary)}
+<h2>Ranking with 95% intervals</h2>
+{_ranking_table(summary)}
+{baseline_text}
+{figure('ranking', 'Ranking with 95% intervals')}
+<h2>Mean mask against stress time (Figure 10)</h2>
+<p>Per hypothesis, the mean mask of each split against t, over its target curve g(t): a hypothesis the model can
+follow has its points on its curve.</p>
+{figure('curves', 'Mean mask against stress time')}
+<h2>Masks on held-out images (Figure 9)</h2>
+{masks}
+{learned}
+{classifier}
+{experts}
+<h2>Configuration</h2>
+<details><summary>config.json of the run</summary>
+<pre>{html.escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>
+<script>{VIEWER_JS}</script>
+</body></html>
+"""
+  path = os.path.join(work_dir, "report.html")
+  workdir.atomic_write_text(path, page)
+  return path

@@ -1,0 +1,26 @@
+"""The main job: a hypothesis sweep, ending in `WORKDIR/report.html`.
+
+  python launch/sweep.py --config=configs/sweep.py:demo --workdir=runs/demo [--config.data.root=DIR]
+
+Restarting the same command resumes from the last checkpoint.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from copper_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/sweep.py:demo", "Sweep config file and preset.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, results and the report.", required=True)
+_QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
+
+
+def main(argv):
+  del argv
+  from copper_jax import sweep
+  sweep.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  print(f"report: {_WORKDIR.value}/report.html")
+
+
+if __name__ == "__main__":
+  cli.run(main)

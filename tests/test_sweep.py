@@ -1,0 +1,108 @@
+"""The main job end to end on tiny synthetic data: outputs, resume, evaluation from checkpoints, bad configs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import sweep as sweep_configs
+from copper_jax import sweep
+from copper_jax.errors import CheckpointError, ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**train):
+  config = sweep_configs.get_config("smoke")
+  config.train.update(train)
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  work_dir = str(tmp_path_factory.mktemp("sweep"))
+  summary = sweep.run_sweep(_config(), work_dir, quiet=True)
+  return work_dir, summary
+
+
+def test_outputs_of_a_finished_sweep(finished):
+  work_dir, summary = finished
+  for name in ("sweep.json", "report.html", "metrics.jsonl", "splits.json", "config.json",
+               "figures/ranking.png", "figures/mask_vs_t.png", "figures/overlays.png", "figures/learned_g.png"):
+    assert os.path.exists(os.path.join(work_dir, name)), name
+  saved = json.load(open(os.path.join(work_dir, "sweep.json")))
+  names = [h["name"] for h in saved["hypotheses"]]
+  assert names == ["linear", "power(gamma=0.5)", "learned"]
+  assert sorted(saved["ranking"]) == sorted(names)
+  for h in saved["hypotheses"]:
+    lo, hi = h["loss"]["val"]["ci95"]
+    assert lo <= h["loss"]["val"]["mean"] <= hi
+    assert len(h["mean_mask"]["test"]) == len(saved["labels"]["stress_times"])
+    assert 0.0 <= h["iou"]["test"]["mean_iou"] <= 1.0
+  assert saved["receptive_field"] > 0
+  assert saved["f_true"]["closest_hypothesis"] == "power(gamma=0.5)"
+  learned = saved["learned_g"]["curve"]
+  assert np.all(np.diff(learned) >= 0) and abs(learned[0]) < 1e-6 and abs(learned[-1] - 1) < 1e-6
+  steps = [json.loads(line)["step"] for line in open(os.path.join(work_dir, "metrics.jsonl"))]
+  assert steps == [2, 4, 6]
+
+
+def test_evaluate_reproduces_the_training_run_exactly(finished):
+  work_dir, _ = finished
+  before = open(os.path.join(work_dir, "sweep.json")).read()
+  checkpoints = sorted(os.listdir(os.path.join(work_dir, "checkpoints")))
+  sweep.evaluate_sweep(_config(), work_dir, quiet=True)
+  assert open(os.path.join(work_dir, "sweep.json")).read() == before
+  assert sorted(os.listdir(os.path.join(work_dir, "checkpoints"))) == checkpoints
+
+
+def test_extending_a_finished_sweep_equals_running_it_long_at_once(tmp_path):
+  # A constant learning rate, so a run of 3 steps is the start of a run of 6 (a cosine schedule is not).
+  constant = lambda **kw: _config(**kw).copy_and_resolve_references()
+  configs = [constant(num_steps=n) for n in (3, 6, 6)]
+  for c in configs:
+    c.optim.schedule = "constant"
+  sweep.run_sweep(configs[0], str(tmp_path / "resumed"), quiet=True)   # stops at step 3, checkpointed
+  resumed = sweep.run_sweep(configs[1], str(tmp_path / "resumed"), quiet=True)  # continues to step 6
+  sweep.run_sweep(configs[2], str(tmp_path / "straight"), quiet=True)
+  work_dir = str(tmp_path / "straight")
+  original = json.load(open(os.path.join(work_dir, "sweep.json")))
+  for a, b in zip(original["hypotheses"], resumed["hypotheses"]):
+    assert a["loss"] == b["loss"] and a["targets"] == b["targets"]
+  by_step = lambda path: {json.loads(l)["step"]: l for l in open(path)}
+  straight, extended = by_step(os.path.join(work_dir, "metrics.jsonl")), by_step(tmp_path / "resumed" / "metrics.jsonl")
+  assert all(extended[step] == line for step, line in straight.items())   # plus step 3, the first run's end
+
+
+def test_checkpoint_of_another_config_is_refused_and_kept(finished):
+  work_dir, _ = finished
+  config = _config()
+  config.model.c = 6
+  with pytest.raises(CheckpointError, match="model.c"):
+    sweep.evaluate_sweep(config, work_dir, quiet=True)
+  assert os.path.exists(os.path.join(work_dir, "checkpoints"))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("train.batch_size", 0, "train.batch_size"),
+    ("num_seeds", 0, "num_seeds"),
+    ("hypotheses", ("linear", "cubic"), "unknown family 'cubic'"),
+    ("loss.kind", "l1", "loss.kind"),
+])
+def test_bad_configs_fail_before_anything_is_written(tmp_path, key, value, words):
+  config = _config()
+  section, _, leaf = key.rpartition(".")
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    sweep.run_sweep(config, str(tmp_path / "w"), quiet=True)
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_launcher_reports_a_misspelt_override_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch/sweep.py", "--config=configs/sweep.py:smoke", f"--workdir={tmp_path}",
+       "--config.train.batch_sise=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "batch_sise" in result.stderr
