@@ -207,7 +207,8 @@ def _viewer(work_dir, summary, classifier_dir):
 <p>Orange: the mask (smoothed surface) of seed 0 of the chosen hypothesis over the held-out image.{cam_text}</p>
 <div class="controls">
 <label>hypothesis <select id="hypothesis">{options}</select></label>
-<label>mask opacity <input type="range" id="opacity" min="0" max="100" value="60"> <span id="opacity-value">60%</span></label>
+<label>mask opacity <input type="range" id="opacity" min="0" max="100" value="60">
+<span id="opacity-value">60%</span></label>
 {truth_box}
 </div>
 {cam_note}
@@ -331,7 +332,8 @@ def write_sweep_report(work_dir, summary, classifier_dir=None) -> str:
   experts = f"<h2>Blind test of experts</h2>{experts}" if experts else ""
   page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>copper_jax sweep report</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>{STYLE}</style></head><body>
 <h1>Hypothesis sweep: which g(t) describes the smoothed area?</h1>
 <p class="verdict">{html.escape(summary['verdict'])}</p>

@@ -1,0 +1,357 @@
+"""Masks (sweep workdir) or stress-time probabilities (classifier workdir) for new SEM images, at full resolution.
+
+`predict(work_dir, images, out_dir)` is what launch/predict.py calls. The model comes back through the same
+strict restore as evaluation (config.json plus the latest checkpoint), and each image is read and standardised
+exactly as the training images were: the folder loader's decoders (any bit depth, colour to luminance), the same
+info-bar crop, and the training set's mean and std when the config standardised by dataset.
+
+Outputs under `out_dir`, mirroring the input's sub-folders and file stems:
+  sweep:      <stem>.npy (float32 mask in [0, 1], 1 = smoothed, the image's H x W) and <stem>_overlay.png
+  classifier: <stem>_cam.png (class activation map of the predicted stress time)
+  summary.csv one row per image; skipped.txt the files that could not be used, and why.
+"""
+import csv
+import functools
+import io
+import json
+import os
+import sys
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from copper_jax import seg_steps, sweep, workdir
+from copper_jax.data import folder
+from copper_jax.errors import CheckpointError, ConfigError, UserError
+from copper_jax.logging_utils import Progress, log
+from copper_jax.models import analysis
+
+SUMMARY_FILE = "summary.csv"
+SKIPPED_FILE = "skipped.txt"
+DEFAULT_TILE = 512
+# Mask overlay: smoothed pixels are tinted towards this colour, up to this weight.
+TINT_RGB = np.array([255.0, 96.0, 0.0], np.float32)
+TINT_WEIGHT = 0.55
+
+
+class Reader:
+  """Reads and standardises an image exactly as the model's training images were read and standardised."""
+
+  def __init__(self, config, dataset):
+    self.mode = config.data.standardise
+    self.crop_bottom = config.data.crop_bottom
+    self.mean, self.std = float(dataset.mean[0]), float(dataset.std[0])
+    self.dtype = dataset.images[0].dtype
+
+  def read(self, path: str) -> np.ndarray:
+    """(H, W) pixels in the file's native units, info bar kept; raises UserError naming the file."""
+    try:
+      pixels = folder._read_gray(path)
+    except folder._Unreadable as e:
+      raise UserError(str(e)) from None
+    if self.mode == "dataset" and pixels.dtype != self.dtype:
+      # The training mean and std are in the training images' units; another bit depth would be misread.
+      raise UserError(f"{path}: {pixels.dtype} pixels, but the model was trained on {self.dtype} images "
+                      f"standardised by the training set; convert the image to {self.dtype}")
+    if self.crop_bottom >= pixels.shape[0]:
+      raise UserError(f"{path}: {pixels.shape[0]} rows, not more than the info bar crop_bottom={self.crop_bottom}")
+    return pixels
+
+  def standardise(self, pixels_HxW: np.ndarray) -> np.ndarray:
+    """float32 surface (info bar cropped) standardised as in training."""
+    surface = pixels_HxW[:pixels_HxW.shape[0] - self.crop_bottom]
+    if self.mode == "image":
+      return folder.standardise_pixels(surface, surface.mean(dtype=np.float64), surface.std(dtype=np.float64))
+    return folder.standardise_pixels(surface, self.mean, self.std)
+
+
+def tile_plan(size: int, tile: int, margin: int):
+  """[(start, keep_from, keep_to)] along one axis of `size` pixels: tiles of `tile` pixels overlapping by at least
+  2 * `margin`, each keeping pixels at least `margin` from its inner borders, together keeping every pixel once.
+
+  When `size`, `tile` and `margin` are multiples of the pooling stride, so is every start.
+  """
+  if size <= tile:
+    return [(0, 0, size)]
+  step = tile - 2 * margin
+  plan, kept_to = [], 0
+  for s in list(range(0, size - tile, step)) + [size - tile]:
+    # The last tile is flush with the border and may overlap its neighbour more; it keeps only what is new.
+    plan.append((s, kept_to, size if s + tile == size else s + tile - margin))
+    kept_to = plan[-1][2]
+  return plan
+
+
+def predict_tiled(predict_fn, image_HxW: np.ndarray, tile: int, margin: int, multiple: int) -> np.ndarray:
+  """`predict_fn` ((1, h, w, 1) -> (1, h, w)) over a large image in tiles, equal to one whole-image call.
+
+  The image is first reflect-padded at the bottom and right to a multiple of `multiple` (2^d), as the model
+  itself would pad it, so every tile starts on the pooling grid and sees the same pixels as the whole image.
+  An output pixel at least `margin` (the receptive field) from a tile's inner border does not see that border,
+  so keeping tile centres gives the whole-image values with no blending and no seams. tile=0: one call.
+  """
+  H, W = image_HxW.shape
+  padded = np.pad(image_HxW, ((0, -H % multiple), (0, -W % multiple)), mode="reflect")
+  Hp, Wp = padded.shape
+  if tile == 0 or (Hp <= tile and Wp <= tile):
+    return np.asarray(predict_fn(padded[None, ..., None])[0])[:H, :W]
+  out = np.empty((Hp, Wp), np.float32)
+  for r0, keep_r0, keep_r1 in tile_plan(Hp, tile, margin):
+    for c0, keep_c0, keep_c1 in tile_plan(Wp, tile, margin):
+      piece = padded[r0:r0 + min(tile, Hp), c0:c0 + min(tile, Wp)]
+      mask = np.asarray(predict_fn(piece[None, ..., None])[0])
+      out[keep_r0:keep_r1, keep_c0:keep_c1] = mask[keep_r0 - r0:keep_r1 - r0, keep_c0 - c0:keep_c1 - c0]
+  return out[:H, :W]
+
+
+def tile_geometry(model_config, tile: int):
+  """(tile, margin, multiple) in pixels for a segmentation model: the margin is its receptive field, both
+  rounded to the pooling grid. tile=0 predicts whole images."""
+  multiple = 2 ** model_config.d
+  margin = -(-analysis.receptive_field("segmentation", model_config.c, model_config.d, model_config.n,
+                                       model_config.N) // multiple) * multiple
+  if tile < 0:
+    raise ConfigError(f"tile={tile}: must be 0 (whole images) or a tile side in pixels")
+  if model_config.norm == "group":
+    return 0, margin, multiple  # GroupNorm statistics span the whole input, so tiles would change the mask
+  tile = tile // multiple * multiple
+  if tile and tile <= 2 * margin:
+    raise ConfigError(f"tile={tile}: must exceed twice the receptive field ({2 * margin} pixels) so tile centres "
+                      f"are exact; use at least {2 * margin + multiple}, or 0 for whole images")
+  return tile, margin, multiple
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _training_data(config, work_dir: str):
+  """The dataset and split the workdir's model was trained on: its restore needs them, and so does the
+  dataset standardisation."""
+  if not os.path.isdir(os.path.join(work_dir, "checkpoints")):
+    raise CheckpointError(f"no checkpoints in {work_dir}: train first (launch/sweep.py or launch/train.py)")
+  return sweep.prepare_data(config, work_dir)
+
+
+class SweepPredictor:
+  """One member (hypothesis, seed) of a sweep workdir's latest checkpoint, predicting masks of any size."""
+
+  def __init__(self, work_dir: str, member: str | None = None, seed: int = 0, tile: int = DEFAULT_TILE):
+    work_dir = os.path.abspath(work_dir)
+    config = workdir.load_config(work_dir)
+    dataset, split = _training_data(config, work_dir)
+    program, _, hyps, rows, _, meta = sweep.build(config, dataset, split)
+    names = [h.name for h in hyps]
+    if member is None:
+      summary_path = os.path.join(work_dir, "sweep.json")
+      if not os.path.exists(summary_path) or not _read_json(summary_path)["ranking"]:
+        raise UserError(f"{work_dir} has no ranking (sweep.json) yet: pass --member, one of {', '.join(names)}")
+      member = _read_json(summary_path)["ranking"][0]
+    if member not in names:
+      raise UserError(f"--member={member!r} is not a hypothesis of {work_dir}; use one of {', '.join(names)}")
+    if not 0 <= seed < config.num_seeds:
+      raise UserError(f"--seed={seed}: {work_dir} trained seeds 0..{config.num_seeds - 1}")
+    states, self.step = sweep.restore(config, work_dir, program, meta)
+    if states is None:
+      raise CheckpointError(f"no checkpoint in {work_dir}/checkpoints: train first with launch/sweep.py")
+    m = rows.index((names.index(member), seed))
+    self.state = jax.tree.map(lambda x: x[m], states)
+    if bool(self.state.diverged):
+      raise UserError(f"member {member} seed {seed} diverged in training; choose another --member or --seed")
+    self.member, self.seed = member, seed
+    self.reader = Reader(config, dataset)
+    self.tile, self.margin, self.multiple = tile_geometry(config.model, tile)
+    model = program.model
+    self._predict = jax.jit(lambda state, image: seg_steps.predict_masks(state, {"image": image}, model=model))
+
+  def mask(self, pixels_HxW: np.ndarray) -> np.ndarray:
+    """float32 (H, W) mask in [0, 1] of an image as read by `reader.read`; info-bar rows are 0 (not surface)."""
+    surface = self.reader.standardise(pixels_HxW)
+    mask = predict_tiled(lambda x: self._predict(self.state, jnp.asarray(x)), surface, self.tile, self.margin,
+                         self.multiple)
+    return np.pad(mask, ((0, self.reader.crop_bottom), (0, 0)))
+
+
+class ClassifierPredictor:
+  """A classifier workdir's evaluation checkpoint: class probabilities and the CAM of the predicted class.
+
+  Whole images in one call, as the classifier is evaluated: global average pooling makes the logits a mean over
+  the whole image.
+  """
+
+  def __init__(self, work_dir: str):
+    from copper_jax import classifier, config_utils
+    work_dir = os.path.abspath(work_dir)
+    config = workdir.load_config(work_dir)
+    dataset, split = _training_data(config, work_dir)
+    total = config_utils.total_steps(config.train, len(split["train"]))
+    program = classifier.ClassifierProgram(config, dataset.num_classes, total)
+    self.state, info = classifier._restore_for_eval(config, work_dir, dataset, split, program,
+                                                     config.eval.checkpoint)
+    self.step = info["step"]
+    self.stress_times = dataset.stress_times
+    self.reader = Reader(config, dataset)
+    self._classify = jax.jit(functools.partial(_logits_and_cam, program.model))
+
+  def classify(self, pixels_HxW: np.ndarray):
+    """(probabilities (K,), CAM of the predicted class (H_surface, W)) of an image as read by `reader.read`."""
+    surface = self.reader.standardise(pixels_HxW)
+    logits_K, cam_HxW = jax.device_get(self._classify(self.state, jnp.asarray(surface[None, ..., None])))
+    logits = np.asarray(logits_K, np.float64)
+    prob = np.exp(logits - logits.max())
+    prob /= prob.sum()
+    return prob, np.asarray(cam_HxW)
+
+
+def _logits_and_cam(model, state, image_1xHxWx1):
+  """Logits (K,) of one image and the class map of its predicted class upsampled to the image (H, W): a cell of
+  the final feature grid covers 2^d pixels a side; rows and columns the poolings dropped take the nearest value."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits_K = model.apply(variables, image_1xHxWx1, train=False)[0]
+  cam_hxw = analysis.class_activation_maps(model, variables, image_1xHxWx1)[0, ..., jnp.argmax(logits_K)]
+  _, H, W, _ = image_1xHxWx1.shape
+  h, w = cam_hxw.shape
+  scale = 2 ** model.d
+  cam_up = jax.image.resize(cam_hxw, (h * scale, w * scale), "linear")
+  return logits_K, jnp.pad(cam_up, ((0, H - h * scale), (0, W - w * scale)), mode="edge")
+
+
+def display_gray(pixels_HxW: np.ndarray) -> np.ndarray:
+  """uint8 (H, W) for viewing: the 0.5 and 99.5 percentiles stretched to black and white, any bit depth."""
+  lo, hi = np.percentile(pixels_HxW, [0.5, 99.5])
+  scaled = (pixels_HxW.astype(np.float32) - lo) / max(hi - lo, 1e-6)
+  return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
+
+
+def mask_overlay(gray_HxW: np.ndarray, mask_HxW: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3): the gray image tinted orange where the mask says smoothed, in proportion to the mask."""
+  weight = (TINT_WEIGHT * mask_HxW)[..., None]
+  rgb = (1.0 - weight) * gray_HxW[..., None].astype(np.float32) + weight * TINT_RGB
+  return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def cam_overlay(gray_HxW: np.ndarray, cam_HxW: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3): the gray image under the class map on a symmetric red (for) / blue (against) scale."""
+  from matplotlib import colormaps
+  limit = max(float(np.abs(cam_HxW).max()), 1e-6)
+  colour = colormaps["RdBu_r"]((cam_HxW / limit + 1.0) / 2.0)[..., :3] * 255.0
+  rgb = 0.45 * gray_HxW[..., None].astype(np.float32) + 0.55 * colour
+  return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+  return iio.imwrite("<bytes>", pixels, extension=".png")
+
+
+def find_images(paths) -> list:
+  """[(file, output stem relative to the output folder)]: folders searched recursively (hidden entries and
+  non-image files left out), files taken as given; stems mirror the folder below the given folder, or below
+  the files' common folder."""
+  if not paths:
+    raise UserError("no images given: pass --images=FOLDER or image files")
+  found = []
+  for path in paths:
+    if os.path.isdir(path):
+      for parent, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+          if not name.startswith(".") and os.path.splitext(name)[1].lower() in folder.IMAGE_EXTENSIONS:
+            file = os.path.join(parent, name)
+            found.append((file, os.path.splitext(os.path.relpath(file, path))[0]))
+    elif os.path.exists(path):
+      found.append((path, None))
+    else:
+      raise UserError(f"--images={path}: no such file or folder")
+  loose = [f for f, stem in found if stem is None]
+  if loose:
+    base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in loose])
+    stems = {f: os.path.splitext(os.path.relpath(os.path.abspath(f), base))[0] for f in loose}
+    found = [(f, stem if stem is not None else stems[f]) for f, stem in found]
+  return found
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  workdir.atomic_write_bytes(path, buffer.getvalue())
+
+
+def _write_csv(path: str, header: list, rows: list) -> None:
+  text = io.StringIO()
+  writer = csv.writer(text, lineterminator="\n")
+  writer.writerow(header)
+  writer.writerows(rows)
+  workdir.atomic_write_text(path, text.getvalue())
+
+
+def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed: int = 0,
+            tile: int = DEFAULT_TILE, quiet: bool = False) -> dict:
+  """Predicts every image in `images` (folders and files) with the model of `work_dir` into `out_dir`.
+
+  Returns {"rows": summary rows as dicts, "skipped": ["file: reason"], "kind": "sweep" | "classifier"}.
+  Unreadable images are skipped (listed on stderr and in skipped.txt); summary.csv is rewritten after every
+  image, so an interrupted run keeps the rows of the images it finished.
+  """
+  config = workdir.load_config(work_dir)
+  kind = "sweep" if "hypotheses" in config else "classifier"
+  if kind == "classifier" and member is not None:
+    raise UserError(f"{work_dir} is a classifier workdir: --member only applies to a sweep")
+  found = find_images(images)
+  model = SweepPredictor(work_dir, member, seed, tile) if kind == "sweep" else ClassifierPredictor(work_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  if kind == "sweep":
+    log(f"masks of hypothesis {model.member} (seed {model.seed}, checkpoint step {model.step})", quiet)
+    header = ["path", "output", "height", "width", "smoothed_fraction", "adhesive_fraction", "hypothesis", "seed",
+              "checkpoint_step"]
+  else:
+    log(f"stress times from the classifier (checkpoint step {model.step})", quiet)
+    header = (["path", "output", "height", "width", "predicted_stress_time"]
+              + [f"p_t={t:g}" for t in model.stress_times] + ["checkpoint_step"])
+  rows, skipped, taken = [], [], {}
+  progress = Progress(len(found), "predict", quiet=quiet)
+  try:
+    for file, stem in found:
+      progress.update(1)
+      key = os.path.normcase(stem)
+      if key in taken:
+        skipped.append(f"{file}: same output name {stem} as {taken[key]}; rename one of them")
+        continue
+      try:
+        pixels = model.reader.read(file)
+      except UserError as e:
+        skipped.append(str(e))
+        continue
+      taken[key] = file
+      target = os.path.join(out_dir, stem)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      gray = display_gray(pixels)
+      H, W = pixels.shape
+      if kind == "sweep":
+        mask = model.mask(pixels)
+        smoothed = float(mask[:H - model.reader.crop_bottom].mean(dtype=np.float64))
+        _save_npy(target + ".npy", mask)
+        workdir.atomic_write_bytes(target + "_overlay.png", png_bytes(mask_overlay(gray, mask)))
+        rows.append([file, stem, H, W, f"{smoothed:.6f}", f"{1.0 - smoothed:.6f}", model.member, model.seed,
+                     model.step])
+      else:
+        prob, cam = model.classify(pixels)
+        shown = cam_overlay(gray[:cam.shape[0]], cam)
+        workdir.atomic_write_bytes(target + "_cam.png", png_bytes(shown))
+        rows.append([file, stem, H, W, f"{model.stress_times[int(prob.argmax())]:g}"]
+                    + [f"{p:.6f}" for p in prob] + [model.step])
+      _write_csv(os.path.join(out_dir, SUMMARY_FILE), header, rows)
+  finally:
+    progress.close()
+  for line in skipped:
+    print(f"skipped: {line}", file=sys.stderr)
+  skipped_path = os.path.join(out_dir, SKIPPED_FILE)
+  if skipped:
+    workdir.atomic_write_text(skipped_path, "".join(line + "\n" for line in skipped))
+  elif os.path.exists(skipped_path):
+    os.remove(skipped_path)  # a stale list from an earlier run would name files that are fine now
+  if not rows:
+    raise UserError(f"none of the {len(found)} image file(s) could be used (see {skipped_path})")
+  return {"kind": kind, "rows": [dict(zip(header, r)) for r in rows], "skipped": skipped}

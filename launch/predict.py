@@ -1,0 +1,37 @@
+"""Masks, or stress-time probabilities, for new SEM images from a trained workdir.
+
+  python launch/predict.py --workdir=runs/demo --images=new_images/ --out=predictions [--member=NAME]
+  python launch/predict.py --workdir=runs/demo --out=predictions img1.tif img2.tif
+
+A sweep workdir writes OUT/<stem>.npy (mask, 1 = smoothed) and OUT/<stem>_overlay.png per image, with the top-ranked
+hypothesis unless --member names another; a classifier workdir writes OUT/<stem>_cam.png and the class
+probabilities. Both write OUT/summary.csv, and OUT/skipped.txt when some files could not be read.
+"""
+from absl import flags
+
+from copper_jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by launch/sweep.py or launch/train.py.",
+                               required=True)
+_IMAGES = flags.DEFINE_multi_string("images", [], "An image folder (searched recursively) or file; repeatable. "
+                                    "Files may also follow the flags.")
+_OUT = flags.DEFINE_string("out", None, "Folder for the predictions (mirrors the input's sub-folders).",
+                           required=True)
+_MEMBER = flags.DEFINE_string("member", None, "Sweep only: the hypothesis to use (default: the top-ranked).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sweep only: which trained seed of the hypothesis.", lower_bound=0)
+_TILE = flags.DEFINE_integer("tile", 512, "Sweep only: tile side in pixels for large images (0: whole images); "
+                             "tiles overlap by the receptive field, so the mask equals the whole-image one.",
+                             lower_bound=0)
+_QUIET = flags.DEFINE_bool("quiet", False, "Print only errors, skipped files and the final line.")
+
+
+def main(argv):
+  from copper_jax import predict
+  result = predict.predict(_WORKDIR.value, list(_IMAGES.value) + argv[1:], _OUT.value, member=_MEMBER.value,
+                           seed=_SEED.value, tile=_TILE.value, quiet=_QUIET.value)
+  print(f"{len(result['rows'])} image(s) predicted, {len(result['skipped'])} skipped: "
+        f"{_OUT.value}/{predict.SUMMARY_FILE}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,173 @@
+"""Prediction on new images from a trained workdir: exact tiling, the same numbers as evaluation, skipped files."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import classifier as classifier_configs
+from configs import sweep as sweep_configs
+from copper_jax import classifier, predict, sweep, workdir
+from copper_jax.errors import ConfigError, UserError
+from copper_jax.models import SegmentationNet, receptive_field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  work_dir = str(tmp_path_factory.mktemp("sweep"))
+  summary = sweep.run_sweep(sweep_configs.get_config("smoke"), work_dir, quiet=True)
+  return work_dir, summary
+
+
+def _test_files(work_dir):
+  """The workdir's test images as files, and their paths relative to the dataset."""
+  with open(os.path.join(work_dir, "splits.json")) as f:
+    paths = json.load(f)["splits"]["test"]
+  return [os.path.join(work_dir, "data", "images", p) for p in paths], paths
+
+
+@pytest.mark.parametrize("size, tile, margin", [(64, 64, 8), (200, 64, 16), (96, 40, 8), (4096, 512, 88)])
+def test_tile_plan_covers_every_pixel_once_from_a_tile_centre(size, tile, margin):
+  plan = predict.tile_plan(size, tile, margin)
+  kept = np.zeros(size, int)
+  for start, lo, hi in plan:
+    assert start % 8 == 0 and 0 <= start and start + min(tile, size) <= size
+    assert lo == 0 or lo - start >= margin            # an inner border is at least `margin` away
+    assert hi == size or start + tile - hi >= margin
+    kept[lo:hi] += 1
+  assert np.all(kept == 1)
+
+
+@pytest.mark.parametrize("shape", [(150, 203), (128, 128), (61, 300)])
+def test_tiled_prediction_equals_the_whole_image_one(shape):
+  model = SegmentationNet(c=4, d=2, n=1, N=1)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+  # A random head: the zero-initialised one gives a constant mask and would hide any seam. Logits, not the
+  # sigmoid, so no saturation hides a difference either.
+  head = variables["params"]["head"]
+  params = {**variables["params"], "head": {**head, "kernel": jax.random.normal(jax.random.key(1),
+                                                                                head["kernel"].shape)}}
+  variables = {**variables, "params": params}
+  logits_fn = jax.jit(lambda x: model.apply(variables, x, False, method=SegmentationNet.mask_logits))
+  image = np.asarray(jax.random.normal(jax.random.key(2), shape))
+  whole = np.asarray(logits_fn(image[None, ..., None])[0])
+  config = sweep_configs.get_config("smoke").model
+  config.update({"c": 4, "d": 2})
+  tile, margin, multiple = predict.tile_geometry(config, 64)
+  assert margin >= receptive_field("segmentation", 4, 2, 1, 1) and margin % multiple == 0
+  tiled = predict.predict_tiled(logits_fn, image, tile, margin, multiple)
+  assert tiled.shape == shape and whole.std() > 0.3
+  np.testing.assert_allclose(tiled, whole, atol=1e-5 * np.abs(whole).max(), rtol=0)
+
+
+def test_a_tile_too_small_for_the_receptive_field_is_refused():
+  config = sweep_configs.get_config("smoke").model
+  with pytest.raises(ConfigError, match="tile=16"):
+    predict.tile_geometry(config, 16)
+
+
+def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
+  work_dir, summary = smoke
+  files, rel = _test_files(work_dir)
+  out = tmp_path / "out"
+  result = predict.predict(work_dir, files, str(out), quiet=True)
+  leader = summary["ranking"][0]
+  # The same member through the sweep's own evaluation path: the masks must agree to float precision.
+  config = workdir.load_config(work_dir)
+  dataset, split = sweep.prepare_data(config, work_dir)
+  program, member_arrays, hyps, rows, _, meta = sweep.build(config, dataset, split)
+  states, _ = sweep.restore(config, work_dir, program, meta)
+  index = [dataset.paths.index(p) for p in rel]
+  masks = sweep.overlay_masks(program, states, member_arrays, dataset, index, 4)
+  m = rows.index(([h.name for h in hyps].index(leader), 0))
+  for j, p in enumerate(rel):
+    stem = os.path.splitext(p)[0]
+    mask = np.load(out / f"{stem}.npy")
+    assert mask.dtype == np.float32 and mask.shape == dataset.image_shape
+    np.testing.assert_allclose(mask, masks[m, j], atol=1e-6)
+    overlay = iio.imread(out / f"{stem}_overlay.png")
+    assert overlay.shape == (*dataset.image_shape, 3)
+  with open(out / "summary.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["output"] for r in table] == [os.path.splitext(p)[0] for p in rel]
+  for r, j in zip(table, range(len(rel))):
+    assert r["hypothesis"] == leader and r["seed"] == "0"
+    assert float(r["smoothed_fraction"]) == pytest.approx(float(masks[m, j].mean()), abs=1e-6)
+    assert float(r["smoothed_fraction"]) + float(r["adhesive_fraction"]) == pytest.approx(1.0)
+  assert result["skipped"] == [] and not (out / "skipped.txt").exists()
+
+
+def test_folders_are_mirrored_and_unreadable_files_skipped(smoke, tmp_path, capsys):
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  src = tmp_path / "new"
+  (src / "batch_a").mkdir(parents=True)
+  image = iio.imread(files[0])
+  iio.imwrite(src / "batch_a" / "good.png", image)
+  iio.imwrite(src / "top.tif", np.tile(image, (3, 2)))  # larger than any training image: tiles are used
+  (src / "batch_a" / "broken.png").write_bytes(b"\x89PNG not really")
+  (src / "empty.tif").write_bytes(b"")
+  (src / "notes.txt").write_text("not an image, not listed")
+  iio.imwrite(src / "deep16.png", image.astype(np.uint16) * 256)
+  out = tmp_path / "out"
+  result = predict.predict(work_dir, [str(src)], str(out), member="linear", tile=32, quiet=True)
+  assert sorted(r["output"] for r in result["rows"]) == ["batch_a/good", "top"]
+  assert np.load(out / "top.npy").shape == (3 * image.shape[0], 2 * image.shape[1])
+  assert {r["hypothesis"] for r in result["rows"]} == {"linear"}
+  skipped = (out / "skipped.txt").read_text().splitlines()
+  assert len(skipped) == 3
+  assert any("broken.png" in s and "not a decodable image" in s for s in skipped)
+  assert any("empty.tif" in s and "empty" in s for s in skipped)
+  assert any("deep16.png" in s and "uint16" in s for s in skipped)
+  assert capsys.readouterr().err.count("skipped: ") == 3
+
+
+def test_bad_requests_fail_in_one_line(smoke, tmp_path):
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  with pytest.raises(UserError, match="use one of linear, power"):
+    predict.predict(work_dir, files, str(tmp_path / "o"), member="cubic", quiet=True)
+  with pytest.raises(UserError, match="no such file"):
+    predict.predict(work_dir, [str(tmp_path / "missing")], str(tmp_path / "o"), quiet=True)
+  (tmp_path / "bad.png").write_bytes(b"nope")
+  with pytest.raises(UserError, match="none of the 1 image"):
+    predict.predict(work_dir, [str(tmp_path / "bad.png")], str(tmp_path / "o"), quiet=True)
+
+
+def test_classifier_workdir_gives_probabilities_and_cams(tmp_path):
+  config = classifier_configs.get_config("smoke")
+  config.train.num_epochs = 2
+  config.train.eval_every_epochs = 1
+  config.eval.num_cam = 0
+  work_dir = str(tmp_path / "clf")
+  classifier.train_and_evaluate(config, work_dir, quiet=True)
+  files, rel = _test_files(work_dir)
+  result = predict.predict(work_dir, files, str(tmp_path / "out"), quiet=True)
+  assert result["kind"] == "classifier"
+  for row, p in zip(result["rows"], rel):
+    probabilities = [float(row[f"p_t={t:g}"]) for t in (0, 2, 4, 6)]
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert float(row["predicted_stress_time"]) == (0, 2, 4, 6)[int(np.argmax(probabilities))]
+    assert iio.imread(tmp_path / "out" / (os.path.splitext(p)[0] + "_cam.png")).shape == (64, 64, 3)
+
+
+def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  result = subprocess.run(
+      [sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}", "--quiet",
+       f"--images={files[0]}", files[1]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip().splitlines() == [f"2 image(s) predicted, 0 skipped: {tmp_path / 'o'}/summary.csv"]
+  assert result.stderr == ""
+  bad = subprocess.run([sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}",
+                        "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "cubic" in bad.stderr
