@@ -44,6 +44,8 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 def validate_config(config) -> None:
   """Fails before any data is read or anything compiles, naming the key."""
+  whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+  config_utils.validate(config, [(f"model.{k}", whole, "must be a whole number >= 1") for k in ("c", "d", "n", "N")])
   config_utils.validate(config, [
       ("train.batch_size", lambda v: v >= 1, "needs at least one patch per batch"),
       ("train.patch_size", lambda v: v >= 2 ** config.model.d,
@@ -69,10 +71,9 @@ class ClassifierProgram:
     self.seed = config.seed
     self.patch_size = config.train.patch_size
     self.batch_size = config.train.batch_size
-    self.train_fn = functools.partial(clf_steps.train_step, model=self.model, optimizer=self.optimizer)
-    self.eval_fn = functools.partial(clf_steps.eval_step, model=self.model)
-    self.train_step = jax.jit(self.train_fn, donate_argnums=(0,))
-    self.eval_step = jax.jit(self.eval_fn)
+    self.train_step = jax.jit(functools.partial(clf_steps.train_step, model=self.model, optimizer=self.optimizer),
+                              donate_argnums=(0,))
+    self.eval_step = jax.jit(functools.partial(clf_steps.eval_step, model=self.model))
     self.cam_step = jax.jit(self._cams)
 
   def _init(self) -> clf_steps.ClfState:
@@ -342,8 +343,8 @@ def write_cams(program, state, dataset, indices, out_dir: str, batch_size: int) 
       # What makes the map exact: its mean over the final feature grid plus the bias is the logit.
       logit_of = lambda k: float(np.asarray(cam_small[b, ..., k]).mean() + bias_K[k])
       titles = (f"image {i}: {dataset.paths[i]}",
-                f"CAM of the prediction t={names[pred]} (p={prob[pred]:.2f}, logit {logit_of(pred):.2f})",
-                f"CAM of the true label t={names[true]} (p={prob[true]:.2f}, logit {logit_of(true):.2f})")
+                f"predicted t={names[pred]}\np={prob[pred]:.2f}, logit {logit_of(pred):.2f}",
+                f"true t={names[true]}\np={prob[true]:.2f}, logit {logit_of(true):.2f}")
       fig = clf_plots.cam_figure(batch["image"][b, ..., 0], cam_BxHxWx2[b, ..., 0], cam_BxHxWx2[b, ..., 1],
                                  titles, "Class activation maps: red = evidence for the class, blue = against")
       paths.append(plots.save(fig, os.path.join(out_dir, f"{i:04d}_t{names[true]}.png")))

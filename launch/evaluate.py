@@ -40,12 +40,15 @@ def main(argv):
   if "hypotheses" in config:
     from copper_jax import sweep
     sweep.evaluate_sweep(config, _WORKDIR.value, _SPLIT.value, _QUIET.value)
+    print(f"report: {_WORKDIR.value}/report.html")
     return
   if "grid" in config:
     raise UserError(f"{_WORKDIR.value} is a grid search: evaluate one of its points, "
                     f"--workdir={os.path.join(_WORKDIR.value, 'points', '<c>_<d>_<n>_<N>')}")
   from copper_jax import classifier
-  config_utils.check_keys(config, _default_classifier_config(config.get("preset", "demo")))
+  reference = _default_classifier_config(config.get("preset", "demo"))
+  reference.data.split = config.data.split  # split names and sizes are the user's choice
+  config_utils.check_keys(config, reference)
   results = classifier.evaluate_classifier(config, _WORKDIR.value, _SPLIT.value, quiet=_QUIET.value,
                                            num_cam=_CAM.value, which=_CHECKPOINT.value)
   if _QUIET.value:
