@@ -9,6 +9,7 @@ makes the net size-agnostic). Workdir layout:
 import functools
 import json
 import os
+import re
 import time
 
 import jax
@@ -36,6 +37,7 @@ TRAINING_FILE = "training.json"
 # loss term is far below one image's share of accuracy.
 BEST_METRIC = "val_score"
 _LOSS_TIE_BREAK = 1e-6
+_CAM_FILE = re.compile(r"\d{4,}_t[^/]*\.png")  # <image index>_t<stress time>.png, as write_cams names them
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -328,6 +330,10 @@ def write_cams(program, state, dataset, indices, out_dir: str, batch_size: int) 
   """CAM overlays of the predicted and the true class for each image in `indices`, as out_dir/<index>_t<t>.png."""
   from copper_jax import clf_plots, plots
   os.makedirs(out_dir, exist_ok=True)
+  # The folder shows one evaluation's images: maps of an earlier split or checkpoint would be mistaken for these.
+  for name in os.listdir(out_dir):
+    if _CAM_FILE.fullmatch(name):
+      os.remove(os.path.join(out_dir, name))
   names = [f"{t:g}" for t in dataset.stress_times]
   bias_K = np.asarray(state.params["head"]["bias"])
   paths = []

@@ -218,3 +218,22 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoint(tiny_ro
   ckpt = checkpoint.Checkpointer(os.path.join(work, "checkpoints"))
   assert ckpt.all_steps() == [1]
   ckpt.close()
+
+
+@pytest.mark.slow
+def test_launchers_two_steps_end_to_end(tiny_root, tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  short = ["--config.train.num_epochs=0", "--config.train.num_steps=2", f"--config.data.root={tiny_root}"]
+  work = str(tmp_path / "clf")
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                                     timeout=300, env=env)
+  train = run("launch/train.py", "--config=configs/classifier.py:smoke", f"--workdir={work}", "--quiet", *short)
+  assert train.returncode == 0, train.stderr
+  assert train.stdout.startswith("test: accuracy")
+  evaluate = run("launch/evaluate.py", f"--workdir={work}", "--split=val", "--cam=1", "--quiet")
+  assert evaluate.returncode == 0, evaluate.stderr
+  assert evaluate.stdout.startswith("val: accuracy") and len(os.listdir(os.path.join(work, "cam"))) == 1
+  grid = run("launch/grid_search.py", "--config=configs/grid_search.py:smoke", f"--workdir={tmp_path / 'grid'}",
+             "--quiet", *short)
+  assert grid.returncode == 0, grid.stderr
+  assert "best of 1 trained points: 8_2_1_1" in grid.stdout
