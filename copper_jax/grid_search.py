@@ -26,7 +26,8 @@ MEMORY_CACHE = "grid_memory.json"
 AXES = ("c", "d", "n", "N")
 # Everything but the model must be shared by every point of one search workdir.
 SHARED_KEYS = [k for k in classifier.FINGERPRINT_KEYS if not k.startswith("model.")] + [
-    "data.root", "data.crop_bottom", "data.skip_unreadable", "data.split", "data.synthetic", "train.num_steps", "train.num_epochs"]
+    "data.root", "data.crop_bottom", "data.skip_unreadable", "data.split", "data.synthetic", "train.num_steps",
+    "train.num_epochs"]
 CSV_COLUMNS = ("name", "c", "d", "n", "N", "status", "val_accuracy", "val_loss", "test_accuracy",
                "test_mae_label_steps", "test_spearman", "params", "depth", "receptive_field", "step_time_ms",
                "peak_memory_mb", "train_memory_mb", "eval_memory_mb", "train_time_s", "reason")

@@ -193,9 +193,8 @@ def _train_only(config, work):
   dataset, split = prepare_data(config, work)
   classifier.train(config, work, dataset, split, quiet=True)
   program = classifier.ClassifierProgram(config, dataset.num_classes, 1)
-  ckpt = classifier._checkpointer(work, True)  # pylint: disable=protected-access
-  state, _ = ckpt.restore(program.abstract_state(), classifier._run_meta(config, dataset))  # pylint: disable=protected-access
-  ckpt.close()
+  restore = classifier._restore_for_eval  # pylint: disable=protected-access
+  state, _ = restore(config, work, dataset, split, program, "latest")
   return state
 
 
