@@ -246,17 +246,20 @@ def png_bytes(pixels: np.ndarray) -> bytes:
   return iio.imwrite("<bytes>", pixels, extension=".png")
 
 
-def find_images(paths) -> list:
-  """[(file, output stem relative to the output folder)]: folders searched recursively (hidden entries and
-  non-image files left out), files taken as given; stems mirror the folder below the given folder, or below
+def find_images(paths, out_dir: str) -> list:
+  """[(file, output stem relative to the output folder)]: folders searched recursively (hidden entries, non-image
+  files and `out_dir` left out), files taken as given; stems mirror the folder below the given folder, or below
   the files' common folder."""
   if not paths:
     raise UserError("no images given: pass --images=FOLDER or image files")
+  out_dir = os.path.realpath(out_dir)
   found = []
   for path in paths:
     if os.path.isdir(path):
       for parent, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        # An output folder inside the input folder would feed a rerun its own overlays.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and os.path.realpath(os.path.join(parent, d)) != out_dir)
         for name in sorted(files):
           if not name.startswith(".") and os.path.splitext(name)[1].lower() in folder.IMAGE_EXTENSIONS:
             file = os.path.join(parent, name)
@@ -299,7 +302,7 @@ def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed
   kind = "sweep" if "hypotheses" in config else "classifier"
   if kind == "classifier" and member is not None:
     raise UserError(f"{work_dir} is a classifier workdir: --member only applies to a sweep")
-  found = find_images(images)
+  found = find_images(images, out_dir)
   model = SweepPredictor(work_dir, member, seed, tile) if kind == "sweep" else ClassifierPredictor(work_dir)
   os.makedirs(out_dir, exist_ok=True)
   if kind == "sweep":
