@@ -32,6 +32,9 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.data.synthetic.f_true = "sqrt"
   config.data.synthetic.confounded = False
   config.data.synthetic.seed = 0
+  config.data.synthetic.num_labels = 0         # 0: the preset's value
+  config.data.synthetic.images_per_label = 0   # 0: the preset's value
+  config.data.synthetic.size = 0               # image height and width in pixels; 0: the preset's value
 
   # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
   # global fraction, which is what makes the ranking of hypotheses meaningful (README, "Why the receptive field").
@@ -46,7 +49,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.loss.tolerance = 0.05         # half-width of the band for `interval`
   config.loss.binarise_weight = 0.1    # weight of the s(1-s) penalty pushing pixels to 0 or 1
 
-  config.optim = ml_collections.ConfigDict({"learning_rate": 3e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+  config.optim = ml_collections.ConfigDict({"learning_rate": 1e-2, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                                             "schedule": "cosine", "warmup_steps": 0})
 
   config.train = ml_collections.ConfigDict()
@@ -85,6 +88,22 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.eval.bootstrap = 200
   elif preset == "demo":
     pass
+  elif preset == "confounded":
+    # The negative control: stress time is carried by a global blur, the smoothed fraction is the same for every
+    # label. A sweep here should NOT single out a hypothesis, and its masks should not localise anything.
+    config.data.synthetic.confounded = True
+  elif preset == "science":
+    # The test of the method (tests/test_science.py): small and fast, with the true f among well separated rivals.
+    config.data.synthetic.f_true = "linear"
+    config.data.synthetic.num_labels = 8
+    config.data.synthetic.images_per_label = 8
+    config.data.synthetic.size = 128
+    config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
+    config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")
+    config.train.batch_size = 8
+    config.train.num_steps = 250
+    config.train.checkpoint_every = 250
+    config.eval.num_overlays = 4
   elif preset == "paper":
     config.data.synthetic.preset = "paper"
     config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
@@ -100,5 +119,6 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.optim.learning_rate = 1e-3
     config.eval.batch_size = 4
   else:
-    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo or paper")
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, paper, confounded or "
+                     f"science")
   return config

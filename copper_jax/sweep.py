@@ -50,7 +50,11 @@ def prepare_data(config, work_dir: str):
     if not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
       log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
-      synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded)
+      overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
+      if syn.size > 0:
+        overrides.update(height=syn.size, width=syn.size)
+      synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
+                         **overrides)
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise)
   if config.train.patch_size > min(dataset.image_shape):

@@ -34,9 +34,13 @@ def _resample_indices(labels_N, num_seeds, rng, num_bootstrap):
 
   The held-out split is stratified by design (the same number of images per label), so the resampling is
   too: an interval then holds the noise of a rerun with new images and seeds, not of a different label mix.
+  With a single image in some label, resampling within labels would hide all image noise, so the images are
+  then resampled as one pool.
   """
   seeds = rng.integers(0, num_seeds, size=(num_bootstrap, num_seeds))
   by_label = [np.flatnonzero(labels_N == t) for t in np.unique(labels_N)]
+  if min(len(idx) for idx in by_label) < 2:
+    by_label = [np.arange(len(labels_N))]
   images = np.concatenate([idx[rng.integers(0, len(idx), size=(num_bootstrap, len(idx)))] for idx in by_label],
                           axis=1)
   return seeds, images

@@ -74,10 +74,11 @@ def test_a_non_finite_member_is_frozen_and_marked_while_others_train():
   stacked = members.stack_members(states)
   new, metrics = lifted(stacked, members.stack_members(member_list), batch)
   assert np.asarray(metrics["diverged"]).tolist() == [False, True, False]
-  before, after = stacked.params["net"], new.params["net"]
-  leaf = lambda tree: np.asarray(jax.tree_util.tree_leaves(tree)[0])
-  np.testing.assert_array_equal(leaf(after)[1], leaf(before)[1])
-  assert not np.array_equal(leaf(after)[0], leaf(before)[0])
+  before = jax.tree_util.tree_leaves(stacked.params["net"])
+  after = jax.tree_util.tree_leaves(new.params["net"])
+  for a, b in zip(after, before):
+    np.testing.assert_array_equal(np.asarray(a)[1], np.asarray(b)[1])
+  assert any(not np.array_equal(np.asarray(a)[0], np.asarray(b)[0]) for a, b in zip(after, before))
 
 
 def test_auto_strategy_per_backend():
@@ -109,7 +110,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
       a, _ = lifted(a, members.place(m, ms), members.place(batch, rep))
       b, _ = one(b, m, batch)
     assert len(jax.tree_util.tree_leaves(a)[0].sharding.device_set) == 4
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5), a, b)
     print("sharded ok")
 """)
 
