@@ -25,21 +25,22 @@ TRUTH_RGBA = (0, 230, 255, 255)
 
 
 def save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW) -> str:
-  """`workdir/overlays.npz` for the report's mask viewer: the held-out images as display gray levels, the mask of
-  seed 0 of every hypothesis (uint8, 255 = smoothed) and the true masks where known."""
+  """`workdir/overlays.npz` for the report's mask viewer, at the viewer's resolution (at most VIEWER_SIDE pixels a
+  side): the held-out images as display gray levels, the mask of seed 0 of every hypothesis (uint8, 255 =
+  smoothed) and the true masks (uint8 {0, 1}) where known."""
   from copper_jax import predict
   overlay_idx = np.asarray(overlay_idx, np.int64)
-  num_seeds = summary["num_seeds"]
-  masks_KxIxHxW = np.asarray(masks_MxIxHxW)[::num_seeds]
+  to_uint8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)
+  masks_KxIxHxW = np.asarray(masks_MxIxHxW)[::summary["num_seeds"]]
   arrays = {
       "index": overlay_idx, "path": np.array([dataset.paths[i] for i in overlay_idx]),
       "stress_time": dataset.stress_times[dataset.labels[overlay_idx]],
       "hypotheses": np.array([h["name"] for h in summary["hypotheses"]]),
-      "image": np.stack([predict.display_gray(dataset.images[i]) for i in overlay_idx]),
-      "mask": np.clip(np.rint(masks_KxIxHxW * 255), 0, 255).astype(np.uint8),
+      "image": np.stack([to_uint8(_shrink(predict.display_gray(dataset.images[i]))) for i in overlay_idx]),
+      "mask": np.stack([[to_uint8(_shrink(m) * 255) for m in masks_IxHxW] for masks_IxHxW in masks_KxIxHxW]),
   }
   if dataset.masks is not None:
-    arrays["truth"] = np.stack([dataset.masks[i] for i in overlay_idx]).astype(np.uint8)
+    arrays["truth"] = np.stack([(_shrink(dataset.masks[i]) >= 0.5) for i in overlay_idx]).astype(np.uint8)
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
   path = os.path.join(work_dir, OVERLAYS_FILE)
@@ -62,29 +63,29 @@ def _fmt(x, digits=4):
 
 
 def _shrink(pixels_HxW, side=VIEWER_SIDE):
-  """Block mean by the smallest integer factor that brings the longest side to at most `side` pixels."""
+  """(H, W, ...) block mean by the smallest integer factor that brings the longest side to at most `side` pixels."""
   factor = -(-max(pixels_HxW.shape[:2]) // side)
   if factor <= 1:
     return pixels_HxW
   H, W = (pixels_HxW.shape[0] // factor) * factor, (pixels_HxW.shape[1] // factor) * factor
-  blocks = pixels_HxW[:H, :W].astype(np.float32).reshape(H // factor, factor, W // factor, factor)
+  blocks = pixels_HxW[:H, :W].astype(np.float32).reshape(H // factor, factor, W // factor, factor,
+                                                         *pixels_HxW.shape[2:])
   return blocks.mean(axis=(1, 3))
 
 
 def _mask_png(mask_HxW_uint8) -> bytes:
   """RGBA: the overlay tint with alpha = mask, so the slider's opacity fades the whole mask at once."""
   from copper_jax import predict
-  alpha = np.clip(np.rint(_shrink(mask_HxW_uint8)), 0, 255).astype(np.uint8)
-  rgba = np.empty((*alpha.shape, 4), np.uint8)
+  rgba = np.empty((*mask_HxW_uint8.shape, 4), np.uint8)
   rgba[..., :3] = predict.TINT_RGB.astype(np.uint8)
-  rgba[..., 3] = alpha
+  rgba[..., 3] = mask_HxW_uint8
   return predict.png_bytes(rgba)
 
 
 def _truth_png(truth_HxW) -> bytes:
   """RGBA: the border of the true smoothed regions, transparent elsewhere."""
   from copper_jax import predict
-  inside = _shrink(truth_HxW.astype(np.float32)) >= 0.5
+  inside = truth_HxW > 0
   border = np.zeros_like(inside)
   border[1:] |= inside[1:] != inside[:-1]
   border[:, 1:] |= inside[:, 1:] != inside[:, :-1]
@@ -167,13 +168,14 @@ def _cams(classifier_dir, summary, overlays):
     gray = predict.display_gray(pixels)[:cam.shape[0]]
     k = int(prob.argmax())
     caption = f"classifier: t={model.stress_times[k]:g} (p={prob[k]:.2f})"
-    out[j] = (predict.png_bytes(np.clip(np.rint(_shrink(predict.cam_overlay(gray, cam).astype(np.float32))), 0,
-                                        255).astype(np.uint8)), caption)
+    shown = np.clip(np.rint(_shrink(predict.cam_overlay(gray, cam))), 0, 255).astype(np.uint8)
+    out[j] = (predict.png_bytes(shown), caption)
   return out
 
 
 def _viewer(work_dir, summary, classifier_dir):
   """Held-out images with a mask layer: an opacity slider, a hypothesis menu, the true border, the CAM."""
+  from copper_jax import predict
   with np.load(os.path.join(work_dir, OVERLAYS_FILE)) as f:
     overlays = {k: f[k] for k in f.files}
   names = [str(n) for n in overlays["hypotheses"]]
@@ -187,7 +189,7 @@ def _viewer(work_dir, summary, classifier_dir):
       cam_note = f'<p class="note">No class activation maps: {html.escape(str(e))}</p>'
   cells = []
   for j in range(len(overlays["path"])):
-    image = _png_uri(_image_png(overlays["image"][j]))
+    image = _png_uri(predict.png_bytes(overlays["image"][j]))
     truth = (f'<img class="truth layer" alt="true border" src="{_png_uri(_truth_png(overlays["truth"][j]))}">'
              if "truth" in overlays else "")
     stack = (f'<div class="stack"><img class="base" alt="held-out image {j}" src="{image}">'
@@ -215,11 +217,6 @@ def _viewer(work_dir, summary, classifier_dir):
 <div class="viewer">{''.join(cells)}</div>
 <script type="application/json" id="mask-data">{json.dumps(masks)}</script>
 """
-
-
-def _image_png(gray_HxW) -> bytes:
-  from copper_jax import predict
-  return predict.png_bytes(np.clip(np.rint(_shrink(gray_HxW)), 0, 255).astype(np.uint8))
 
 
 VIEWER_JS = """
