@@ -72,6 +72,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.eval.num_overlays = 6         # held-out images shown with their masks
   config.eval.bootstrap = 2000         # resamples for the 95% intervals
   config.eval.report = True
+  config.eval.classifier_workdir = ""  # a trained classifier's workdir: its CAMs and confusion join the report
 
   if preset == "smoke":
     config.data.synthetic.preset = "tiny"

@@ -50,13 +50,14 @@ def prepare_data(config, work_dir: str):
     if not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
       log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
-      overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
-      if syn.size > 0:
+      overrides = {k: syn.get(k, 0) for k in ("num_labels", "images_per_label") if syn.get(k, 0) > 0}
+      if syn.get("size", 0) > 0:
         overrides.update(height=syn.size, width=syn.size)
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
                          **overrides)
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
-                               skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise)
+                               skip_unreadable=config.data.skip_unreadable,
+                               standardise=config.data.get("standardise", "image"))
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")

@@ -189,4 +189,6 @@ def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_r
   summary["figures"] = {k: os.path.relpath(v, work_dir) for k, v in figures.items()}
   workdir.atomic_write_json(os.path.join(work_dir, "sweep.json"), summary)
   if make_report:
-    report.write_sweep_report(work_dir, summary)
+    report.save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
+    classifier_dir = summary.get("config", {}).get("eval", {}).get("classifier_workdir") or None
+    report.write_sweep_report(work_dir, summary, classifier_dir=classifier_dir)

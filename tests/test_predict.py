@@ -20,11 +20,9 @@ from copper_jax.models import SegmentationNet, receptive_field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  work_dir = str(tmp_path_factory.mktemp("sweep"))
-  summary = sweep.run_sweep(sweep_configs.get_config("smoke"), work_dir, quiet=True)
-  return work_dir, summary
+@pytest.fixture
+def smoke(smoke_sweep):
+  return smoke_sweep
 
 
 def _test_files(work_dir):

@@ -20,11 +20,9 @@ def _config(**train):
   return config
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  work_dir = str(tmp_path_factory.mktemp("sweep"))
-  summary = sweep.run_sweep(_config(), work_dir, quiet=True)
-  return work_dir, summary
+@pytest.fixture
+def finished(smoke_sweep):
+  return smoke_sweep
 
 
 def test_outputs_of_a_finished_sweep(finished):
