@@ -3,7 +3,7 @@
 Presets (`--config=configs/grid_search.py:PRESET`); each is the classifier preset of the same name plus a grid:
   smoke  seconds; two points on the tiny set, the second deliberately over a tiny memory budget:
          python launch/grid_search.py --config=configs/grid_search.py:smoke --workdir=/tmp/grid_smoke
-  demo   four small nets on the synthetic demo set (about 15-20 minutes on 2 CPU cores):
+  demo   four small nets on the synthetic demo set (about 11 minutes on 2 shared CPU cores):
          python launch/grid_search.py --config=configs/grid_search.py:demo --workdir=runs/grid_demo
   paper  the paper's ranges on real images; meant for a GPU:
          python launch/grid_search.py --config=configs/grid_search.py:paper --workdir=runs/grid \
