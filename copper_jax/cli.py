@@ -1,13 +1,70 @@
 """The shell every launch script runs in: absl's app.run, with user errors reported as one line.
 
-Flags are defined in the launch scripts; this only turns a `UserError` into its message on stderr and exit
-status 2, so a user sees what is wrong and how to fix it, not a traceback.
+Flags are defined in the launch scripts; this only turns a `UserError`, a flag or config-override mistake, or a
+missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
+not a traceback.
 """
+import re
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from copper_jax.errors import UserError
+
+
+def _last_message(text: str) -> str:
+  """The line of a (possibly traceback-laden) error text that says what went wrong."""
+  lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("Pass --")]
+  for line in reversed(lines):
+    match = re.match(r"^(?:FATAL Flags parsing error: )?(?:[A-Za-z_.]*(?:Error|Exception)): (.+)$", line)
+    if match:
+      return match.group(1)
+  return lines[-1] if lines else text
+
+
+def flag_error_line(error: Exception) -> str:
+  """One line for an error met while parsing flags and applying `--config.KEY=VALUE` overrides."""
+  text = str(error).encode().decode("unicode_escape") if "\\n" in str(error) else str(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    key = re.search(r"'([^']+)'", text)
+    hint = re.search(r"Did you mean \"([^\"]+)\"", text)
+    name = key.group(1) if key else text.splitlines()[0]
+    return (f"unknown config key {name!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+            + " (see the config file for the valid keys)")
+  return _last_message(text)
+
+
+def _raised_in_ml_collections(error: Exception) -> bool:
+  tb = error.__traceback__
+  while tb is not None:
+    if "ml_collections" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 -- every parse failure is the user's to fix, so one line each
+    print(f"error: {flag_error_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config(default: str, help_text: str):
+  """The locked `--config` flag of a launch script (misspelt override keys fail), with one-line errors.
+
+  config_flags applies `--config.KEY=VALUE` overrides as soon as the flag is defined, so a misspelt key fails
+  here, at import, before `run` could catch it.
+  """
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_text, lock_config=True)
+  except (AttributeError, KeyError) as e:
+    if not _raised_in_ml_collections(e):
+      raise
+    print(f"error: {flag_error_line(e)}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run(main) -> None:
@@ -19,4 +76,18 @@ def run(main) -> None:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
-  app.run(guarded)
+    except (AttributeError, KeyError) as e:
+      # config_flags applies `--config.KEY=VALUE` overrides lazily, on first access to the config.
+      if not _raised_in_ml_collections(e):
+        raise
+      print(f"error: {flag_error_line(e)}", file=sys.stderr)
+      sys.exit(2)
+    except OSError as e:
+      if "Failed loading config file" not in str(e):
+        raise
+      missing = re.search(r"Attempted \[[^\]]*\]:\s*(\S+)", str(e))
+      where = missing.group(1) if missing else "the --config file"
+      print(f"error: cannot load config file {where}; pass --config=configs/NAME.py:PRESET from the repository "
+            f"root", file=sys.stderr)
+      sys.exit(2)
+  app.run(guarded, flags_parser=_parse_flags)

@@ -6,12 +6,10 @@ Writes WORKDIR/grid.md (ranked table, best named), grid.csv and grid.json; each 
 WORKDIR/points/<c>_<d>_<n>_<N>/. Restarting the same command resumes the search.
 """
 from absl import flags
-from ml_collections import config_flags
 
 from copper_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/grid_search.py:demo", "Grid-search config and preset.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/grid_search.py:demo", "Grid-search config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the points, the table and the shared data.",
                                required=True)
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")

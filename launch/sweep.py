@@ -4,13 +4,11 @@
 
 Restarting the same command resumes from the last checkpoint.
 """
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from copper_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sweep.py:demo", "Sweep config file and preset.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/sweep.py:demo", "Sweep config file and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, results and the report.", required=True)
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
 

@@ -5,12 +5,10 @@
 Restarting the same command resumes from the last checkpoint.
 """
 from absl import flags
-from ml_collections import config_flags
 
 from copper_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/classifier.py:demo", "Classifier config and preset.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/classifier.py:demo", "Classifier config and preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and results.", required=True)
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
 
