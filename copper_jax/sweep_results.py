@@ -123,11 +123,15 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
   summary.update(_verdict(ranked, rank_split))
   _paired_differences(ranked, rank_split, boot)
   if f_true is not None:
-    closest = min(rows, key=lambda r: r["rmse_to_f_true"])
-    summary["f_true"] = {"name": manifest.get("f_true"), "values": f_true.tolist(),
-                         "confounded": bool(manifest.get("confounded", False)),
-                         "closest_hypothesis": closest["name"], "closest_rank": closest["rank"],
-                         "closest_ranked_first": closest["rank"] == 1}
+    confounded = bool(manifest.get("confounded", False))
+    summary["f_true"] = {"name": manifest.get("f_true"), "values": f_true.tolist(), "confounded": confounded}
+    if confounded:
+      # The smoothed area does not change with t here: no hypothesis of area is true, so none is "closest".
+      summary["f_true"].update(closest_hypothesis=None, closest_rank=None, closest_ranked_first=None)
+    else:
+      closest = min(rows, key=lambda r: r["rmse_to_f_true"])
+      summary["f_true"].update(closest_hypothesis=closest["name"], closest_rank=closest["rank"],
+                               closest_ranked_first=closest["rank"] == 1)
   if "tp" in raw.get(rank_split, {}):
     smoothed = sum(float(np.sum(dataset.masks[i])) for i in raw[rank_split]["index"])
     pixels = len(raw[rank_split]["index"]) * float(np.prod(dataset.image_shape))
@@ -175,8 +179,10 @@ def _paired_differences(ranked, split, boot):
 def headline(summary) -> str:
   """One line for the terminal at the end of a sweep."""
   line = summary["verdict"]
-  if "f_true" in summary:
-    f = summary["f_true"]
+  f = summary.get("f_true")
+  if f and f["confounded"]:
+    line += " Negative control: the stress time is carried by blur, not by the smoothed area."
+  elif f:
     line += (f" Ground truth f_true={f['name']} is closest to {f['closest_hypothesis']}, ranked "
              f"{f['closest_rank']}.")
   return line
