@@ -13,6 +13,8 @@ Then: python launch/evaluate.py --workdir=W [--split=test] [--cam=8]
 """
 import ml_collections
 
+from copper_jax.data.prepare import data_config
+
 PRESETS = ("smoke", "demo", "paper")
 
 
@@ -23,20 +25,9 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.preset = preset
   config.seed = 0                      # initial weights and patch sampling; the split uses it too
 
-  # The same data layout as configs/sweep.py, so both jobs can share a dataset and its split.
-  config.data = ml_collections.ConfigDict()
-  config.data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
-  config.data.crop_bottom = 0          # pixels of SEM info bar to remove
-  config.data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
-  # "dataset": one mean and std for all images, as in the sweep, so CAMs and masks see the same inputs. "image"
-  # (each image's own) hands the classifier a global cue: an image's std falls as its smoothed area grows.
-  config.data.standardise = "dataset"
-  config.data.split = ml_collections.ConfigDict({"train": 8, "val": 2, "test": 2})  # per label; ints or fractions
-  config.data.synthetic = ml_collections.ConfigDict()
-  config.data.synthetic.preset = "demo"
-  config.data.synthetic.f_true = "sqrt"
-  config.data.synthetic.confounded = False
-  config.data.synthetic.seed = 0
+  # The same data section as configs/sweep.py (one mean and std for all images, so CAMs and masks see the same
+  # inputs), so both jobs can share a dataset and its split.
+  config.data = data_config({"train": 8, "val": 2, "test": 2})
 
   # Unrestricted: the classifier may use any cue of the stress time, so its receptive field may be large.
   config.model = ml_collections.ConfigDict({"c": 16, "d": 3, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})

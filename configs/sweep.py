@@ -12,29 +12,15 @@ Any key can be overridden, e.g. `--config.model.c=16 --config.num_seeds=3`; miss
 """
 import ml_collections
 
+from copper_jax.data.prepare import data_config
+
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = preset
   config.seed = 0
 
-  config.data = ml_collections.ConfigDict()
-  config.data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
-  config.data.crop_bottom = 0          # pixels of SEM info bar to remove
-  config.data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
-  # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
-  # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise
-  # by a function of f(t), a global cue a local model could read (SCIENCE.md, "Why the ranking can work").
-  config.data.standardise = "dataset"
-  config.data.split = ml_collections.ConfigDict({"train": 8, "val": 2, "test": 2})  # per label; ints or fractions
-  config.data.synthetic = ml_collections.ConfigDict()
-  config.data.synthetic.preset = "demo"
-  config.data.synthetic.f_true = "sqrt"
-  config.data.synthetic.confounded = False
-  config.data.synthetic.seed = 0
-  config.data.synthetic.num_labels = 0         # 0: the preset's value
-  config.data.synthetic.images_per_label = 0   # 0: the preset's value
-  config.data.synthetic.size = 0               # image height and width in pixels; 0: the preset's value
+  config.data = data_config({"train": 8, "val": 2, "test": 2})
 
   # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
   # global fraction, which is what makes the ranking of hypotheses meaningful (README, "Why the receptive field").

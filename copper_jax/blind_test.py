@@ -19,6 +19,7 @@ import zlib
 import numpy as np
 
 from copper_jax import metrics, workdir
+from copper_jax.data import prepare
 from copper_jax.errors import UserError
 from copper_jax.logging_utils import log
 
@@ -53,11 +54,10 @@ class BlindTest:
   """The images, their labels and every expert's answer file of one workdir; thread-safe."""
 
   def __init__(self, work_dir: str, practice_per_label: int = PRACTICE_PER_LABEL):
-    from copper_jax import sweep
     self.work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(self.work_dir)
     self.seed = int(config.seed)
-    dataset, split = sweep.prepare_data(config, self.work_dir)
+    dataset, split = prepare.prepare_data(config, self.work_dir)
     if len(split.get("test", ())) == 0:
       raise UserError(f"{self.work_dir}/splits.json has no test images to show")
     self.dataset = dataset

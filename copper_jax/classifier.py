@@ -21,7 +21,7 @@ from copper_jax.data import sampler
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
-from copper_jax.sweep import prepare_data
+from copper_jax.data.prepare import prepare_data
 from copper_jax.sweep_results import pick_overlay_images
 
 # Config entries that fix the meaning of a checkpoint. The duration is not among them, so a finished run can be

@@ -19,7 +19,7 @@ from copper_jax import checkpoint, classifier, config_utils, workdir
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.logging_utils import log
 from copper_jax.models import analysis
-from copper_jax.sweep import prepare_data
+from copper_jax.data.prepare import prepare_data
 
 POINTS_DIR = "points"
 MEMORY_CACHE = "grid_memory.json"

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from copper_jax import seg_steps, sweep, workdir
-from copper_jax.data import folder
+from copper_jax.data import folder, prepare
 from copper_jax.errors import CheckpointError, ConfigError, UserError
 from copper_jax.logging_utils import Progress, log
 from copper_jax.models import analysis
@@ -133,7 +133,7 @@ def _training_data(config, work_dir: str):
   dataset standardisation."""
   if not os.path.isdir(os.path.join(work_dir, "checkpoints")):
     raise CheckpointError(f"no checkpoints in {work_dir}: train first (launch/sweep.py or launch/train.py)")
-  return sweep.prepare_data(config, work_dir)
+  return prepare.prepare_data(config, work_dir)
 
 
 class SweepPredictor:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from copper_jax import checkpoint, config_utils, hypotheses, members, optim, seg_steps, sweep_results, workdir
-from copper_jax.data import folder, sampler, splits, synthetic
+from copper_jax.data import sampler
+from copper_jax.data.prepare import prepare_data
 from copper_jax.errors import CheckpointError, ConfigError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
@@ -40,29 +41,6 @@ def validate_config(config) -> None:
       ("members.strategy", lambda v: v in members.STRATEGIES, f"use one of {members.STRATEGIES}"),
   ])
   hypotheses.expand(config.hypotheses)
-
-
-def prepare_data(config, work_dir: str):
-  """The dataset (the user's folder, or the synthetic set generated into the workdir) and its saved split."""
-  root = config.data.root
-  if not root:
-    root = os.path.join(work_dir, "data")
-    if not os.path.exists(os.path.join(root, "manifest.json")):
-      syn = config.data.synthetic
-      log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
-      overrides = {k: syn.get(k, 0) for k in ("num_labels", "images_per_label") if syn.get(k, 0) > 0}
-      if syn.get("size", 0) > 0:
-        overrides.update(height=syn.size, width=syn.size)
-      synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
-                         **overrides)
-  dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
-                               skip_unreadable=config.data.skip_unreadable,
-                               standardise=config.data.get("standardise", "image"))
-  if config.train.patch_size > min(dataset.image_shape):
-    raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
-                      f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
-  split = splits.load_or_make_splits(work_dir, dataset, config.data.split.to_dict(), config.seed)
-  return dataset, split
 
 
 def member_table(config, hyps, tau_T):
