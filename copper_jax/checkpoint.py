@@ -9,10 +9,16 @@ Each step directory holds three orbax items:
 orbax itself does not notice a garbled array file (it restores wrong numbers silently) nor a target of another
 dtype (it casts), so restore checks the target against the manifest before reading and every value after.
 """
+import errno
+import gc
+import glob
 import hashlib
 import json
 import math
 import os
+import shutil
+import threading
+import time
 import warnings
 import zlib
 
@@ -27,6 +33,8 @@ from copper_jax.errors import CheckpointError
 STATE, META, MANIFEST = "state", "meta", "manifest"
 _MANIFEST_FORMAT = 1
 _ABSENT = "<absent>"
+# Seconds a failed save waits for orbax's other writer threads to stop before it cleans up.
+_WRITERS_STOP_S = 10.0
 
 
 def config_fingerprint(config, keys: list[str]) -> tuple[dict, str]:
@@ -64,6 +72,19 @@ def _manifest(state, best_value: float | None) -> dict:
 def _short(value) -> str:
   text = value if value is _ABSENT else json.dumps(value, sort_keys=True)
   return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, says the disk (or the user's quota) is full."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(error):  # tensorstore reports errno as text
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _first_line(error: BaseException) -> str:
@@ -148,7 +169,8 @@ class Checkpointer:
 
     orbax writes into a temporary directory and renames it, so a kill mid-save leaves the previous steps as they
     were. Steps >= `step` already on disk belong to a run that was rewound (restored from an earlier or fallback
-    step) and are deleted first, with a warning. `best_value` defaults to meta["metrics"][best_metric].
+    step) and are deleted first, with a warning. `best_value` defaults to meta["metrics"][best_metric]. When the
+    disk is full, the half-written step is removed and CheckpointError says which earlier step is intact.
     """
     step = int(step)
     if "config_hash" not in meta:
@@ -173,14 +195,42 @@ class Checkpointer:
       self._update_best(pending=step)
     args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
                                  MANIFEST: ocp.args.JsonSave(_manifest(state, best_value))})
+    threads_before = set(threading.enumerate())
     try:
       if not self._manager.save(step, args=args, force=True):
         raise RuntimeError(f"orbax did not save step {step} in {self.directory}")
       self._manager.wait_until_finished()
-    except BaseException:
+    except BaseException as e:
       self._best_values = previous
       self._update_best()
-      raise
+      if not _disk_full(e):
+        raise
+      reason = _first_line(e)
+    else:
+      return
+    # Outside the except block, so the failed save's frames (and the asyncio futures they hold) can be freed.
+    self._clean_up_full_disk(step, set(threading.enumerate()) - threads_before, reason)
+
+  def _clean_up_full_disk(self, step: int, writers, reason: str) -> None:
+    """Removes the half-written `step` and raises CheckpointError saying which earlier step is intact."""
+    # orbax raises at the first failed write while its other writer threads still run: wait for them, or they
+    # would recreate files in the step removed below.
+    deadline = time.monotonic() + _WRITERS_STOP_S
+    for thread in writers:
+      try:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+      except Exception:  # pylint: disable=broad-except
+        pass  # orbax's threads re-raise their own write error on join; the first one is reported below
+    # Their asyncio futures log "exception was never retrieved" when collected: now, not after our message.
+    gc.collect()
+    # The half-written step would keep the disk full until the next open cleaned it up; the steps before it
+    # were never touched (orbax writes a temporary directory and renames it only when complete).
+    for partial in glob.glob(os.path.join(glob.escape(self.directory), f"{step}.orbax-checkpoint-tmp*")):
+      shutil.rmtree(partial, ignore_errors=True)
+    kept = [s for s in self.all_steps() if s < step]
+    intact = f"step {kept[-1]} is intact" if kept else "no earlier step was saved"
+    raise CheckpointError(f"disk full while saving checkpoint step {step} in {self.directory} ({reason}); "
+                          f"{intact}: free space and rerun the same command to resume")
 
   def restore(self, abstract_state, expected_meta: dict, step: int | None = None,
               which: str = "latest") -> tuple:

@@ -11,6 +11,8 @@ import json
 import math
 import os
 import re
+import stat
+import struct
 import warnings
 
 import imageio.v3 as iio
@@ -24,6 +26,13 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 # Floor on the std used to standardise, in image units, so a constant image maps to zeros instead of NaN.
 STD_EPS = 1e-6
 STANDARDISE_MODES = ("image", "dataset")
+# Largest image accepted, in pixels (H x W), checked from the file header before anything is decoded, so a corrupt
+# or hostile header cannot make the loader allocate gigabytes. 2**27 (e.g. 11585 x 11585) is far above any SEM
+# frame and below Pillow's own refusal at about 1.8e8 pixels, which would otherwise answer first.
+MAX_PIXELS = 2 ** 27
+# Enough of a file to find the dimensions in its header; a JPEG can put large EXIF blocks before its frame header,
+# and then the whole file is searched.
+_HEADER_BYTES = 1 << 16
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _READ_FIX = "replace or delete the file, or load with skip_unreadable=True to skip it"
@@ -78,16 +87,18 @@ def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarra
 
 
 def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
-                standardise: str = "image") -> SEMDataset:
+                standardise: str = "image", max_pixels: int = MAX_PIXELS) -> SEMDataset:
   """Loads every image under `root` (see module docstring for layouts).
 
   crop_bottom: rows (pixels) cut from the bottom of every image and mask, e.g. the SEM info bar.
   skip_unreadable: skip files that cannot be opened or decoded (listed in `dataset.skipped` and warned about)
     instead of raising DataError.
   standardise: "image" (each image's own mean/std) or "dataset" (the pooled mean/std of all images).
+  max_pixels: largest H x W accepted, read from each file's header before decoding; a larger image is unreadable.
   """
   if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, np.integer)) or crop_bottom < 0:
     raise ConfigError(f"crop_bottom={crop_bottom!r}: must be a whole number of pixels >= 0")
+  _check_max_pixels(max_pixels)
   if standardise not in STANDARDISE_MODES:
     raise ConfigError(f"standardise={standardise!r}: must be one of {', '.join(STANDARDISE_MODES)}")
   images_dir, masks_dir, manifest_path = _resolve_layout(os.fsdecode(os.fspath(root)))
@@ -104,8 +115,8 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
     for rel in files:
       path = os.path.join(images_dir, rel)
       try:
-        image = _read_gray(path)
-        mask = None if masks_dir is None else _read_mask(masks_dir, rel, image.shape)
+        image = _read_gray(path, max_pixels)
+        mask = None if masks_dir is None else _read_mask(masks_dir, rel, image.shape, max_pixels)
       except _Unreadable as e:
         if not skip_unreadable:
           raise DataError(f"{e}; {_READ_FIX}") from None
@@ -219,30 +230,173 @@ def _raise_unlistable(error: OSError):
   raise DataError(f"{_show(error.filename or '')}: cannot list folder ({_first_line(error)}); check its permissions")
 
 
-def _read_pixels(path: str) -> np.ndarray:
-  """Decoded pixels of one file; raises _Unreadable naming the file for any failure."""
+def _check_max_pixels(max_pixels) -> None:
+  if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+    raise ConfigError(f"max_pixels={max_pixels!r}: must be a whole number of pixels >= 1")
+
+
+def _sniff(head: bytes) -> str | None:
+  """The image format the content starts with (".png", ".jpg", ".tif", ".bmp"), whatever the file is named."""
+  if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    return ".png"
+  if head.startswith(b"\xff\xd8\xff"):
+    return ".jpg"
+  if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    return ".tif"
+  if head.startswith(b"BM"):
+    return ".bmp"
+  return None
+
+
+def _png_shape(data: bytes):
+  if len(data) < 24 or data[12:16] != b"IHDR":
+    return None
+  width, height = struct.unpack(">II", data[16:24])
+  return height, width
+
+
+def _jpeg_shape(data: bytes):
+  # Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8 and CC are other segments.
+  frames = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+  pos = 2
+  while pos + 4 <= len(data):
+    if data[pos] != 0xFF:
+      return None
+    marker = data[pos + 1]
+    if marker == 0xFF:  # fill byte before a marker
+      pos += 1
+      continue
+    if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+      pos += 2
+      continue
+    (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+    if marker in frames:
+      if pos + 9 > len(data):
+        return None
+      height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+      return height, width
+    if length < 2:
+      return None
+    pos += 2 + length
+  return None
+
+
+def _tiff_shape(data: bytes):
+  """(H, W) of the first page from its ImageLength (257) and ImageWidth (256) tags."""
+  order = "<" if data[:2] == b"II" else ">"
+  big = data[2:4] in (b"+\x00", b"\x00+")
+  try:
+    if big:
+      (offset,) = struct.unpack(order + "Q", data[8:16])
+      (count,) = struct.unpack(order + "Q", data[offset:offset + 8])
+      first, size = offset + 8, 20
+    else:
+      (offset,) = struct.unpack(order + "I", data[4:8])
+      (count,) = struct.unpack(order + "H", data[offset:offset + 2])
+      first, size = offset + 2, 12
+    found = {}
+    # SHORT, LONG, LONG8: the value sits in the entry itself
+    formats = {3: "H", 4: "I", 16: "Q"}
+    for i in range(min(count, 4096)):
+      entry = data[first + i * size:first + (i + 1) * size]
+      tag, kind = struct.unpack(order + "HH", entry[:4])
+      if tag in (256, 257) and kind in formats:
+        value_at = 12 if big else 8
+        fmt = formats[kind]
+        (found[tag],) = struct.unpack(order + fmt, entry[value_at:value_at + struct.calcsize(fmt)])
+  except struct.error:
+    return None
+  return (found[257], found[256]) if 256 in found and 257 in found else None
+
+
+def _bmp_shape(data: bytes):
+  if len(data) < 26:
+    return None
+  (header_size,) = struct.unpack("<I", data[14:18])
+  if header_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
+    width, height = struct.unpack("<HH", data[18:22])
+  else:
+    width, height = struct.unpack("<ii", data[18:26])  # a negative height means rows stored top-down
+  return abs(height), abs(width)
+
+
+_SHAPE_READERS = {".png": _png_shape, ".jpg": _jpeg_shape, ".tif": _tiff_shape, ".bmp": _bmp_shape}
+
+
+def _open_regular(path: str):
+  """The file opened for reading; _Unreadable unless it is a regular file (after following links)."""
+  # Opening a FIFO waits for a writer and /dev/zero never ends: only regular files are read.
+  if not stat.S_ISREG(os.stat(path).st_mode):
+    raise _Unreadable(f"{_show(path)}: not a regular file (a pipe, device or socket); remove it from the dataset")
+  return open(path, "rb")
+
+
+def _read_header(f, path: str) -> tuple:
+  """(format extension, first bytes, (H, W) or None when not within them) of an open image file."""
+  head = f.read(_HEADER_BYTES)
+  kind = _sniff(head)
+  if kind is None:
+    raise _Unreadable(f"{_show(path)}: file is empty (0 bytes)" if not head else
+                      f"{_show(path)}: not a decodable image: its content is no PNG, JPEG, TIFF or BMP (it starts "
+                      f"{head[:8]!r})")
+  return kind, head, _SHAPE_READERS[kind](head)
+
+
+def _read_pixels(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """Decoded pixels of one file; raises _Unreadable naming the file for any failure.
+
+  The format is taken from the content, not the name (a JPEG saved as .png still loads), and the dimensions
+  from the header are checked against `max_pixels` before the decoder allocates anything.
+  """
   shown = _show(path)
   try:
     path.encode("utf-8")
   except UnicodeEncodeError:
     raise _Unreadable(f"{shown}: file name is not valid UTF-8 (rename it)") from None
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    with _open_regular(path) as f:
+      kind, head, shape = _read_header(f, path)
+      data = head + f.read()
   except OSError as e:
     raise _Unreadable(f"{shown}: cannot open ({_first_line(e)})") from None
-  if not data:
-    raise _Unreadable(f"{shown}: file is empty (0 bytes)")
+  if shape is None and len(data) > len(head):
+    shape = _SHAPE_READERS[kind](data)
+  if shape is None:
+    raise _Unreadable(f"{shown}: not a decodable image: its {kind[1:].upper()} header is truncated or corrupt "
+                      "(no image size found)")
+  if shape[0] * shape[1] > max_pixels:
+    raise _Unreadable(f"{shown}: header declares {_hxw(shape)} (H x W) = {shape[0] * shape[1]} pixels, above the "
+                      f"limit of {max_pixels} (data.max_pixels); raise the limit if the image is real")
   try:
     # index=0: the first page of a multi-page file; the shape check below rejects stacks a plugin returns whole.
-    return np.asarray(iio.imread(data, extension=os.path.splitext(path)[1].lower(), index=0))
+    return np.asarray(iio.imread(data, extension=kind, index=0))
   except Exception as e:  # decoders raise many types (OSError, ValueError, SyntaxError, struct.error, ...)
     raise _Unreadable(f"{shown}: not a decodable image, corrupt or truncated ({_first_line(e)})") from None
 
 
-def _read_gray(path: str) -> np.ndarray:
+def peek_image_shape(root, crop_bottom: int = 0) -> tuple:
+  """(H, W) after `crop_bottom` of the first image under `root` with a readable header, decoding nothing.
+
+  For checks that must run before anything is loaded or written (e.g. a patch larger than the images); the full
+  load still checks every image.
+  """
+  images_dir, _, _ = _resolve_layout(os.fsdecode(os.fspath(root)))
+  for name in _label_folders(images_dir)[0]:
+    for rel in _image_files(images_dir, name):
+      path = os.path.join(images_dir, rel)
+      try:
+        with _open_regular(path) as f:
+          _, _, shape = _read_header(f, path)
+      except (OSError, _Unreadable):
+        continue
+      if shape is not None:
+        return shape[0] - crop_bottom, shape[1]
+  raise DataError(f"{_show(images_dir)}: no image with a readable header; check the dataset folder (data.root)")
+
+
+def _read_gray(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """(H, W) image in uint8, uint16 or float32; colour is converted to luminance and alpha dropped."""
-  pixels = _read_pixels(path)
+  pixels = _read_pixels(path, max_pixels)
   if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):  # gray or gray + alpha
     pixels = pixels[..., 0]
   elif pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # RGB or RGBA
@@ -268,7 +422,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
   return luma
 
 
-def _read_mask(masks_dir: str, rel: str, shape) -> np.ndarray:
+def _read_mask(masks_dir: str, rel: str, shape, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """(H, W) uint8 {0, 1} mask matching image `rel` (same relative path, or same stem with any image extension)."""
   stem = os.path.splitext(rel)[0]
   candidates = [rel] + [stem + ext for ext in IMAGE_EXTENSIONS]
@@ -276,7 +430,7 @@ def _read_mask(masks_dir: str, rel: str, shape) -> np.ndarray:
   if path is None:
     raise DataError(f"{_show(os.path.join(masks_dir, rel))}: mask missing for image {_show(rel)}; regenerate the "
                     f"dataset or delete the masks folder")
-  pixels = _read_pixels(path)
+  pixels = _read_pixels(path, max_pixels)
   if pixels.ndim == 3:
     pixels = pixels[..., :3].max(axis=-1)  # any non-zero colour channel is foreground; alpha ignored
   if pixels.shape != shape:

@@ -135,6 +135,7 @@ def _write_new(path: str, content: dict) -> bool:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".splits.", suffix=".tmp", dir=folder)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
+      os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; a split is for everyone who reads the workdir
       json.dump(content, f, indent=1)
       f.flush()
       os.fsync(f.fileno())

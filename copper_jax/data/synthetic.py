@@ -253,6 +253,13 @@ def _settings(preset: str, overrides: dict) -> dict:
   return settings
 
 
+def image_shape(preset: str, **overrides) -> tuple[int, int]:
+  """(H, W) in pixels, info bar included, of the images `generate` writes for `preset`; renders nothing, so a
+  config can be checked against it before any file is written."""
+  settings = _settings(preset, overrides)
+  return settings["height"], settings["width"]
+
+
 def _folder(stress_time: float) -> str:
   """Folder name of a stress time: the plain number, '2' or '2.5'."""
   return np.format_float_positional(stress_time, trim="-")
