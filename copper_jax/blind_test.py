@@ -444,6 +444,7 @@ def per_label_figure(expert: str, scores: dict, model_test: dict | None, names):
 
 def confusion_figure(expert: str, scores: dict, model_test: dict | None, names):
   """The paper's Figure 7: row-normalised confusion matrices of the expert and of the classifier."""
+  from copper_jax import clf_plots
   from copper_jax.plots import plt
   panels = [(expert, scores["confusion"], scores["accuracy"])]
   if model_test:
@@ -451,18 +452,7 @@ def confusion_figure(expert: str, scores: dict, model_test: dict | None, names):
   size = max(3.6, 0.3 * len(names) + 1.8)
   fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.8, size), squeeze=False)
   for ax, (who, confusion, accuracy) in zip(axes[0], panels):
-    confusion_KxK = np.asarray(confusion)
-    share_KxK = confusion_KxK / np.maximum(confusion_KxK.sum(axis=1, keepdims=True), 1)
-    shown = ax.imshow(share_KxK, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(confusion_KxK):
-      if count:
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                color="white" if share_KxK[i, j] > 0.6 else "black")
-    ticks = np.arange(len(names))
-    ax.set_xticks(ticks, names, rotation=90, fontsize=7)
-    ax.set_yticks(ticks, names, fontsize=7)
-    ax.set_xlabel("answered stress time")
-    ax.set_ylabel("true stress time")
+    shown = clf_plots.draw_confusion(ax, confusion, names, xlabel="answered stress time")
     ax.set_title(f"{who}: accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'}", fontsize=9)
   fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.03, label="share of the row")
   fig.suptitle("Confusion matrices (Figure 7)", fontsize=9)

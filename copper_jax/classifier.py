@@ -357,26 +357,13 @@ def write_cams(program, state, dataset, indices, out_dir: str, batch_size: int) 
   return paths
 
 
-def _save_run_config(config, work_dir: str) -> None:
-  """config.json; a workdir with checkpoints only takes a config that keeps them meaningful."""
-  has_checkpoints = os.path.isdir(os.path.join(work_dir, CHECKPOINTS)) and any(
-      name.isdigit() for name in os.listdir(os.path.join(work_dir, CHECKPOINTS)))
-  saved = workdir.save_config(work_dir, config, keys=FINGERPRINT_KEYS if has_checkpoints else None)
-  if saved is not None:
-    before, _ = checkpoint.config_fingerprint(saved, FINGERPRINT_KEYS)
-    now, _ = checkpoint.config_fingerprint(config, FINGERPRINT_KEYS)
-    diffs = [f"{k} {before[k]!r} -> {now[k]!r}" for k in FINGERPRINT_KEYS if before[k] != now[k]]
-    raise ConfigError(f"{work_dir} holds checkpoints of another classifier ({', '.join(diffs)}): use a fresh "
-                      "--workdir, or the old values to resume")
-
-
 def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier in `work_dir`, then writes results.json and the figures; returns results."""
   validate_config(config)
   work_dir = os.path.abspath(work_dir)
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):
-    _save_run_config(config, work_dir)
+    workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     dataset, split = prepare_data(config, work_dir)
     train(config, work_dir, dataset, split, quiet)
     total = config_utils.total_steps(config.train, len(split["train"]))

@@ -6,13 +6,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def confusion_figure(confusion_KxK, label_names, title):
-  """Row-normalised confusion matrix (true label down, prediction across) with the counts written in."""
+def draw_confusion(ax, confusion_KxK, label_names, xlabel="predicted stress time"):
+  """Draws a row-normalised confusion matrix (true label down, answer across) with the counts written in."""
   confusion_KxK = np.asarray(confusion_KxK)
-  count_K = confusion_KxK.sum(axis=1, keepdims=True)
-  share_KxK = confusion_KxK / np.maximum(count_K, 1)
-  size = max(4.0, 0.38 * len(label_names) + 1.8)
-  fig, ax = plt.subplots(figsize=(size + 1.0, size))
+  share_KxK = confusion_KxK / np.maximum(confusion_KxK.sum(axis=1, keepdims=True), 1)
   shown = ax.imshow(share_KxK, cmap="Blues", vmin=0, vmax=1)
   for (i, j), count in np.ndenumerate(confusion_KxK):
     if count:
@@ -21,8 +18,16 @@ def confusion_figure(confusion_KxK, label_names, title):
   ticks = np.arange(len(label_names))
   ax.set_xticks(ticks, label_names, rotation=90, fontsize=7)
   ax.set_yticks(ticks, label_names, fontsize=7)
-  ax.set_xlabel("predicted stress time")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel("true stress time")
+  return shown
+
+
+def confusion_figure(confusion_KxK, label_names, title):
+  """Row-normalised confusion matrix of the classifier (the paper's Figure 7)."""
+  size = max(4.0, 0.38 * len(label_names) + 1.8)
+  fig, ax = plt.subplots(figsize=(size + 1.0, size))
+  shown = draw_confusion(ax, confusion_KxK, label_names)
   fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
   ax.set_title(title, fontsize=9)
   return fig

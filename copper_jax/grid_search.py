@@ -103,9 +103,7 @@ def _check_shared(config, work_dir: str) -> None:
   """config.json of the search; everything but the grid and the model must match an earlier run's."""
   saved = workdir.save_config(work_dir, config, keys=SHARED_KEYS)
   if saved is not None:
-    before, _ = checkpoint.config_fingerprint(saved, SHARED_KEYS)
-    now, _ = checkpoint.config_fingerprint(config, SHARED_KEYS)
-    diffs = [f"{k} {before[k]!r} -> {now[k]!r}" for k in SHARED_KEYS if before[k] != now[k]]
+    diffs = workdir.config_differences(saved, config, SHARED_KEYS)
     raise ConfigError(f"{work_dir} holds a grid search with other shared settings ({', '.join(diffs)}): use a "
                       "fresh --workdir, or change only config.grid and config.eval to extend this one")
 

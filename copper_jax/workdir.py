@@ -8,7 +8,7 @@ import tempfile
 import ml_collections
 
 from copper_jax import config_utils
-from copper_jax.errors import UserError
+from copper_jax.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
@@ -157,3 +157,27 @@ def save_config(workdir: str, config, keys: list[str] | None = None) -> ml_colle
       return None
   atomic_write_json(os.path.join(workdir, CONFIG_FILE), new)
   return None
+
+
+def config_differences(saved, config, keys: list[str]) -> list[str]:
+  """'key old -> new' for each dotted key whose value differs between two configs (JSON-normalised)."""
+  value = lambda c, k: json.loads(json.dumps(config_utils.to_jsonable(config_utils.get(c, k, None), k)))
+  return [f"{k} {value(saved, k)!r} -> {value(config, k)!r}" for k in keys if value(saved, k) != value(config, k)]
+
+
+def save_run_config(workdir: str, config, keys: list[str], what: str) -> None:
+  """config.json of a training run; once checkpoints exist, only a config equal to theirs in `keys` is taken.
+
+  Before the first checkpoint the file simply follows the latest config (a failed start binds nothing).
+  """
+  checkpoints = os.path.join(workdir, "checkpoints")
+  has_checkpoints = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+  if not has_checkpoints:
+    os.makedirs(workdir, exist_ok=True)
+    atomic_write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config_utils.config_to_json(config)))
+    return
+  saved = save_config(workdir, config, keys=keys)
+  if saved is not None:
+    raise ConfigError(f"{workdir} holds checkpoints of {what} made with another config "
+                      f"({', '.join(config_differences(saved, config, keys))}): use a fresh --workdir, or the old "
+                      f"values to resume")

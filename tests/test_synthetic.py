@@ -95,7 +95,7 @@ def test_layout(tiny):
 def test_same_seed_same_bytes_any_worker_count(tmp_path):
   first = synthetic.generate(tmp_path / "a", "tiny", seed=5, **_SMALL)
   again = synthetic.generate(tmp_path / "b", "tiny", seed=5, workers=2, **_SMALL)
-  other = synthetic.generate(tmp_path / "c", "tiny", seed=6, **_SMALL)
+  synthetic.generate(tmp_path / "c", "tiny", seed=6, **_SMALL)
   assert first == again
   a, b, c = (_files(tmp_path / name) for name in "abc")
   assert a == b
