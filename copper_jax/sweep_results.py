@@ -120,8 +120,9 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
       "hypotheses": rows, "ranking": [r["name"] for r in ranked],
       "what_the_mask_is": WHAT_THE_MASK_IS,
   }
-  summary.update(_verdict(ranked, rank_split))
-  _paired_differences(ranked, rank_split, boot)
+  # The learned curve is an estimate of g, not a rival guess: the verdict is about the fixed hypotheses.
+  summary.update(_verdict([r for r in ranked if not r["learned"]], rank_split))
+  _paired_differences(ranked, summary["leader"], rank_split, boot)
   if f_true is not None:
     confounded = bool(manifest.get("confounded", False))
     summary["f_true"] = {"name": manifest.get("f_true"), "values": f_true.tolist(), "confounded": confounded}
@@ -147,7 +148,7 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
 
 
 def _verdict(ranked, split):
-  """Names a leader only where its interval is clear of the runner-up's; otherwise says the data do not tell."""
+  """Names a leader only where its interval is clear of every rival's; otherwise says the data do not tell."""
   if not ranked:
     return {"leader": None, "distinguishable": False, "tied_with_leader": [],
             "verdict": "every hypothesis diverged; nothing can be ranked"}
@@ -164,15 +165,15 @@ def _verdict(ranked, split):
           "verdict": verdict}
 
 
-def _paired_differences(ranked, split, boot):
+def _paired_differences(ranked, leader, split, boot):
   """Each hypothesis's excess error over the leader, with a paired 95% interval (same seeds and images)."""
-  if not ranked or (ranked[0]["name"], split) not in boot:
+  if leader is None or (leader, split) not in boot:
     return
-  lead = boot[(ranked[0]["name"], split)]
-  for r in ranked[1:]:
-    if (r["name"], split) in boot:
-      diff = boot[(r["name"], split)] - lead
-      r["excess_over_leader"] = {"split": split, "mean": r["loss"][split]["mean"] - ranked[0]["loss"][split]["mean"],
+  lead = next(r for r in ranked if r["name"] == leader)
+  for r in ranked:
+    if r is not lead and (r["name"], split) in boot:
+      diff = boot[(r["name"], split)] - boot[(leader, split)]
+      r["excess_over_leader"] = {"split": split, "mean": r["loss"][split]["mean"] - lead["loss"][split]["mean"],
                                  "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
 
 
