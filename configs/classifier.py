@@ -24,6 +24,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.preset = preset
   config.seed = 0                      # initial weights and patch sampling; the split uses it too
+  config.deterministic = False         # XLA's deterministic GPU ops (slower); CPU runs are deterministic anyway
 
   # The same data section as configs/sweep.py (one mean and std for all images, so CAMs and masks see the same
   # inputs), so both jobs can share a dataset and its split.

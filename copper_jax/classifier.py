@@ -21,7 +21,7 @@ from copper_jax.data import sampler
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
-from copper_jax.data.prepare import prepare_data
+from copper_jax.data.prepare import check_patch_fits, prepare_data
 from copper_jax.sweep_results import pick_overlay_images
 
 # Config entries that fix the meaning of a checkpoint. The duration is not among them, so a finished run can be
@@ -212,6 +212,7 @@ def train(config, work_dir: str, dataset, split, quiet: bool = False) -> dict:
     truncate_after(work_dir, start)
     log(f"resuming the classifier from step {start} of {total}", quiet)
   else:
+    truncate_after(work_dir, 0)  # metrics of a killed run that saved no checkpoint
     state = program.init_state()
 
   patches = sampler.PatchSampler(dataset, train_idx, config.train.patch_size, config.train.batch_size,
@@ -360,6 +361,7 @@ def write_cams(program, state, dataset, indices, out_dir: str, batch_size: int) 
 def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier in `work_dir`, then writes results.json and the figures; returns results."""
   validate_config(config)
+  check_patch_fits(config)
   work_dir = os.path.abspath(work_dir)
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):

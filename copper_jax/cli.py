@@ -4,6 +4,7 @@ Flags are defined in the launch scripts; this only turns a `UserError`, a flag o
 missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
 not a traceback.
 """
+import errno
 import re
 import sys
 
@@ -83,6 +84,11 @@ def run(main) -> None:
       print(f"error: {flag_error_line(e)}", file=sys.stderr)
       sys.exit(2)
     except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        # Results and checkpoints are replaced atomically, so the previous ones are intact.
+        print(f"error: disk full writing {e.filename or 'a file'} ({e.strerror}); free space and rerun the same "
+              "command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(2)
       if "Failed loading config file" not in str(e):
         raise
       missing = re.search(r"Attempted \[[^\]]*\]:\s*(\S+)", str(e))

@@ -10,9 +10,10 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import checkpoint, config_utils, hypotheses, members, optim, seg_steps, sweep_results, workdir
+from copper_jax import (checkpoint, config_utils, determinism, hypotheses, members, optim, seg_steps, sweep_results,
+                        workdir)
 from copper_jax.data import sampler
-from copper_jax.data.prepare import prepare_data
+from copper_jax.data.prepare import check_patch_fits, prepare_data
 from copper_jax.errors import CheckpointError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
@@ -39,7 +40,30 @@ def validate_config(config) -> None:
       ("eval.bootstrap", lambda v: v >= 100, "use at least 100 resamples for a 95% interval"),
       ("members.strategy", lambda v: v in members.STRATEGIES, f"use one of {members.STRATEGIES}"),
   ])
+  config_utils.total_steps(config.train, 1)  # exactly one duration; the image count only matters for epochs
   hypotheses.expand(config.hypotheses)
+
+
+def check_memory(config, num_labels: int = 2) -> None:
+  """ConfigError naming num_seeds when the members' training states alone would not fit in one device's memory.
+
+  A lower bound from shapes only, so an absurd num_seeds fails in a second, before anything is compiled or
+  written: parameters, norm statistics and optimizer moments of the members each device holds. `train` checks
+  XLA's figure for the whole compiled step before the first step. num_labels only sizes each member's (T-1,)
+  learned-curve logits, which is negligible.
+  """
+  model = make_model("segmentation", config.model)
+  optimizer = optim.make_optimizer(config.optim, 1)  # the duration changes values, not shapes
+  patch = config.train.patch_size
+  state = jax.eval_shape(lambda: seg_steps.init_state(model, optimizer, jax.random.key(0), (patch, patch),
+                                                      num_labels))
+  per_member = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
+  num_members = len(hypotheses.expand(config.hypotheses)) * config.num_seeds
+  per_device = -(-num_members // (jax.local_device_count() if config.members.shard else 1))
+  config_utils.check_memory(
+      "num_seeds", config.num_seeds, per_member * per_device, config_utils.available_memory_bytes(),
+      f"{per_device} members per device hold {per_member / 2 ** 20:.3g} MiB of state each before any activation: "
+      "lower num_seeds or the number of hypotheses")
 
 
 def member_table(config, hyps, tau_T):
@@ -128,16 +152,26 @@ def train(config, work_dir: str, dataset, split, quiet: bool = False):
   """Trains (or resumes) every member; returns the program, the final stacked states and the member table."""
   program, member_arrays, hyps, rows, total, meta = build(config, dataset, split)
   states, start = restore(config, work_dir, program, meta)
+  # Metrics a killed run wrote after its last checkpoint (all of them, if it saved none) are dropped.
+  truncate_after(work_dir, start)
   if states is None:
     states = program.init_states(config.train.patch_size)
   else:
-    truncate_after(work_dir, start)
     log(f"resuming the sweep from step {start} of {total}", quiet)
   ckpt = checkpoint.Checkpointer(os.path.join(work_dir, "checkpoints"))
   train_idx = split["train"]
 
   patches = sampler.PatchSampler(dataset, train_idx, config.train.patch_size, config.train.batch_size,
                                  seed=config.seed, flips=config.train.flips, rot90=config.train.rot90)
+  train_step = program.train_step
+  if start < total:
+    # XLA's own figure for the whole lifted step, activations included, before any step runs; the compiled
+    # program is then the one that trains, so this costs no second compile.
+    first = members.place(patches.batch(start), program.shared_sharding)
+    train_step = program.train_step.lower(states, member_arrays, first).compile()
+    config_utils.check_memory(
+        "num_seeds", config.num_seeds, config_utils.compiled_bytes(train_step), config_utils.available_memory_bytes(),
+        "XLA's memory analysis of the training step: lower num_seeds, the number of hypotheses or train.batch_size")
   writer = MetricWriter(work_dir, quiet=True)  # the progress bar shows the mean loss; the file has them all
   progress = Progress(total, "sweep", quiet=quiet, initial=start)
   pending = None
@@ -154,7 +188,7 @@ def train(config, work_dir: str, dataset, split, quiet: bool = False):
   try:
     for step, batch in patches.iterate(start, total - start):
       batch = members.place(batch, program.shared_sharding)
-      states, metrics = program.train_step(states, member_arrays, batch)
+      states, metrics = train_step(states, member_arrays, batch)
       # Metrics of the previous log step are fetched only now, after this step is dispatched: no device stall.
       if pending is not None:
         flush(*pending)
@@ -208,6 +242,8 @@ def overlay_masks(program, states, member_arrays, dataset, indices, batch_size):
 def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
   validate_config(config)
+  check_patch_fits(config)
+  check_memory(config)
   work_dir = os.path.abspath(work_dir)
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):
@@ -232,6 +268,7 @@ def finish(config, work_dir, dataset, split, program, states, member_arrays, hyp
       diverged=diverged_M, dataset=dataset, receptive_field=rf, num_bootstrap=config.eval.bootstrap,
       seed=config.seed)
   summary["config"] = config.to_dict()
+  summary["determinism"] = determinism.record()
   sweep_results.write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
   log(sweep_results.headline(summary), quiet)
   return summary

@@ -15,6 +15,9 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line
 
 def main(argv):
   del argv
+  from copper_jax import determinism
+  # Before anything runs on a device: XLA reads its flags once, when JAX starts its backends.
+  determinism.configure(_CONFIG.value.deterministic)
   from copper_jax import sweep
   sweep.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   print(f"report: {_WORKDIR.value}/report.html")

@@ -15,6 +15,9 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line
 
 def main(argv):
   del argv
+  from copper_jax import determinism
+  # Before anything runs on a device: XLA reads its flags once, when JAX starts its backends.
+  determinism.configure(_CONFIG.value.deterministic)
   from copper_jax import classifier
   results = classifier.train_and_evaluate(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   if _QUIET.value:

@@ -17,6 +17,7 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
   data.crop_bottom = 0          # pixels of SEM info bar to remove
   data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
+  data.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
   # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
   # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by
   # a function of f(t), a global cue a local model could read (SCIENCE.md, "Why the ranking can work").
@@ -33,6 +34,27 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   return data
 
 
+def check_patch_fits(config) -> None:
+  """ConfigError naming train.patch_size when it is larger than the images, read from one header (the user's
+  folder) or the synthetic preset; nothing is loaded or written, so it can run before the workdir is made."""
+  if config.data.root:
+    height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom)
+  else:
+    height, width = synthetic.image_shape(config.data.synthetic.preset, **_synthetic_overrides(config.data.synthetic))
+    height -= config.data.crop_bottom
+  if config.train.patch_size > min(height, width):
+    raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the {height}x{width} "
+                      f"(H x W) images; choose at most {min(height, width)}")
+
+
+def _synthetic_overrides(syn) -> dict:
+  """The synthetic set's size settings that differ from its preset."""
+  overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
+  if syn.size > 0:
+    overrides.update(height=syn.size, width=syn.size)
+  return overrides
+
+
 def prepare_data(config, work_dir: str):
   """The dataset (the user's folder, or the synthetic set generated into the workdir) and its saved split."""
   root = config.data.root
@@ -41,13 +63,12 @@ def prepare_data(config, work_dir: str):
     if not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
       log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
-      overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
-      if syn.size > 0:
-        overrides.update(height=syn.size, width=syn.size)
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
-                         **overrides)
+                         **_synthetic_overrides(syn))
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
-                               skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise)
+                               skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
+                               # workdirs saved before the key existed hold no limit of their own
+                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS))
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
