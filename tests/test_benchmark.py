@@ -1,0 +1,132 @@
+"""The benchmark: a quick run of the launcher has the documented schema and its fast paths equal the plain ones;
+the FLOP count, the interleaving and the alternative formulations are checked by hand. No timing is asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from copper_jax import benchmark
+from copper_jax.models import conv, layers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STATS = {"median", "min", "max", "n"}
+
+
+def _is_stats(value, n=None):
+  return set(value) == STATS and value["min"] <= value["median"] <= value["max"] and (n is None or value["n"] == n)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_the_schema_and_its_checks_pass(tmp_path):
+  out = tmp_path / "bench.json"
+  run = subprocess.run([sys.executable, "launch/benchmark.py", "--preset=cpu", "--quick", f"--out={out}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert "checks: " in run.stdout and "all passed" in run.stdout
+  result = json.loads(out.read_text())
+  repeats = result["repeats"]
+  assert result["quick"] and result["preset"] == "cpu" and result["all_checks_passed"]
+  assert {"jax", "flax", "optax"} <= set(result["versions"]) and result["machine"]["cpu_count"] >= 1
+  # on glibc Linux the launcher keeps freed memory by default
+  assert isinstance(result["reuse_freed_memory"], bool)
+
+  training = result["training"]
+  assert _is_stats(training["peak_gflop_s"]["float32"], repeats)
+  assert {(row["kind"], row["shape"]["name"]) for row in training["rows"]} == {("segmentation", "tiny"),
+                                                                              ("classifier", "tiny")}
+  for row in training["rows"]:
+    for key in ("step_s", "images_per_s", "megapixels_per_s", "gflop_s"):
+      assert _is_stats(row[key], repeats), key
+    assert row["compile_s"] > 0 and row["gflop_per_step"] > 0 and row["fraction_of_peak"] > 0
+    assert row["memory"]["peak_bytes"] > 0 and "temp_size_in_bytes" in row["memory"]
+
+  (sweep,) = result["sweep"]
+  assert {(row["strategy"], row["members"]) for row in sweep["rows"]} == {(s, 2) for s in benchmark.STRATEGIES}
+  assert all(_is_stats(row["efficiency"], repeats) for row in sweep["rows"])
+  assert sweep["fastest"]["2"] in benchmark.STRATEGIES
+
+  prediction = result["prediction"]
+  assert _is_stats(prediction["whole"]["s_per_image"], repeats) and prediction["gflop_forward"] > 0
+  assert _is_stats(result["pipeline"]["patches_per_s"], repeats) and result["pipeline"]["headroom"] > 0
+  assert {row["op"] for row in result["layers"]["rows"]} == {"max_pool", "upsample", "conv3x3"}
+
+  # the fast paths were compared with the plain ones, and matched
+  names = set(result["checks"])
+  assert {"max_pool_tiny", "max_pool_ties_tiny", "upsample_tiny", "conv3x3_tiny", "prediction_tiled_vs_whole"} <= names
+  assert {f"members_tiny_{s}_K2_vs_separate" for s in benchmark.STRATEGIES} <= names
+  assert all(check["passed"] for check in result["checks"].values())
+
+
+def test_conv_flops_by_hand():
+  shape = benchmark.Shape("hand", c=2, d=2, n=1, N=1, patch=8, batch=1)
+  stem = 2 * 8 * 8 * 1 * 2 * 9
+  level_0, level_1 = 2 * 8 * 8 * 2 * 2 * 9, 2 * 4 * 4 * 2 * 2 * 9
+  seg_forward = stem + 2 * (level_0 + level_1) + 2 * 8 * 8 * 2  # down and up paths, 1x1 head
+  cls_forward = stem + level_0 + level_1 + 2 * 2 * benchmark.NUM_CLASSES  # dense head
+  assert benchmark.conv_flops("segmentation", shape) == {"forward": seg_forward, "train": 3 * seg_forward - stem}
+  assert benchmark.conv_flops("classifier", shape) == {"forward": cls_forward, "train": 3 * cls_forward - stem}
+  assert benchmark.conv_flops("segmentation", shape, 16, 8)["forward"] == 2 * seg_forward
+
+
+def test_interleave_runs_round_robin_after_calibration():
+  calls = []
+
+  def item(name, seconds_per_step):
+    def run(steps):
+      calls.append((name, steps))
+      return seconds_per_step * steps
+    return benchmark.Item(name, run)
+
+  fast, slow = item("fast", 0.01), item("slow", 0.2)
+  benchmark.interleave([fast, slow], repeats=3, min_repeat_s=0.1, log=lambda line: None)
+  assert calls[:2] == [("fast", 1), ("slow", 1)]  # one calibration step each
+  assert calls[2:] == [("fast", 10), ("slow", 1)] * 3  # then rounds of about min_repeat_s each
+  assert fast.per_step_s == pytest.approx([0.01] * 3) and slow.per_step_s == pytest.approx([0.2] * 3)
+  assert benchmark.paired_ratio(slow, fast)["median"] == pytest.approx(20)
+
+
+def _value_and_grads(fn, *args):
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=jax.eval_shape(fn, *args).shape), jnp.float32)
+  return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(fn(*a) * weights), argnums=tuple(range(len(args)))))(*args)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 10, 3), (1, 7, 5, 2)])
+def test_im2col_conv_equals_xla(shape):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 4)), jnp.float32)
+  (ours, ours_grads), (xla, xla_grads) = (_value_and_grads(lambda x, k, impl=impl: conv.conv3x3(x, k, impl), x,
+                                                           kernel) for impl in ("im2col", "xla"))
+  np.testing.assert_allclose(ours, xla, rtol=1e-5)
+  for a, b in zip(ours_grads, xla_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="im2col"):
+    conv.conv3x3(x, kernel, "winograd")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])
+def test_max_pool_gradient_shares_ties_like_a_reduce_max(shape):
+  x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+  for values in (x, np.round(x * 2) / 2):  # rounded: many ties within a window
+    B, H, W, C = shape
+    h, w = H // 2, W // 2
+
+    def plain(x):
+      return x[:, :2 * h, :2 * w].reshape(B, h, 2, w, 2, C).max(axis=(2, 4))
+    (ours, (ours_grad,)), (ref, (ref_grad,)) = (_value_and_grads(fn, jnp.asarray(values))
+                                                for fn in (layers.max_pool_2x2, plain))
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_allclose(ours_grad, ref_grad, rtol=1e-6, atol=1e-7)
+
+
+def test_upsample_gradient_equals_image_resize():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7, 3)), jnp.float32)
+  (ours, (ours_grad,)), (ref, (ref_grad,)) = (_value_and_grads(fn, x) for fn in (
+      layers.upsample_bilinear_2x, lambda x: jax.image.resize(x, (2, 10, 14, 3), "bilinear")))
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours_grad, ref_grad, rtol=1e-5, atol=1e-5)
