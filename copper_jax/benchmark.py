@@ -8,9 +8,9 @@ repeat runs enough steps to last about `min_repeat_s`. Ratios between two items 
 round (paired), and their median reported, which is the figure least moved by load.
 
 Speed never comes from skipping work: `checks` holds the fast paths compared with the plain ones (the layers'
-pooling and upsampling against a max through a reshape and jax.image.resize, the im2col convolution against
-XLA's, each lifted member against its single-member step, tiled against whole-image prediction); the launcher
-fails when one differs.
+pooling and upsampling against nn.max_pool and jax.image.resize, the im2col convolution against XLA's, each lifted
+member against its single-member step, tiled against whole-image prediction); the launcher fails when one
+differs.
 """
 import ctypes
 import dataclasses
@@ -29,6 +29,7 @@ import time
 from typing import Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jaxlib
@@ -538,21 +539,26 @@ def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
   shape = preset.predict_shape
   model = _model("segmentation", shape)
   state = _init_fn("segmentation", shape)(jax.random.key(0))
-  # generic weights: the zero-initialised head would make every mask 0.5 and the tiling check empty
+  # Generic weights and a random head (the zero-initialised head would make every mask 0.5 and the tiling check
+  # empty), small enough to keep the logits near their trained range: float32 rounding grows with their size.
   rng = np.random.default_rng(1)
-  params = jax.tree.map(lambda p: p + jnp.asarray(0.2 * rng.normal(size=p.shape), p.dtype), state.params)
+  params = jax.tree.map(lambda p: p + jnp.asarray(0.05 * rng.normal(size=p.shape), p.dtype), state.params)
+  head = params["net"]["head"]
+  params["net"]["head"] = {**head, "kernel": jnp.asarray(rng.normal(size=head["kernel"].shape) / math.sqrt(shape.c),
+                                                         jnp.float32)}
   state = state.replace(params=params)
   masks = jax.jit(lambda state, image: seg_steps.predict_masks(state, {"image": image}, model=model))
+  logits = jax.jit(lambda state, image: model.apply({"params": state.params["net"], "batch_stats": state.batch_stats},
+                                                    image, False, method=type(model).mask_logits))
   image = np.random.default_rng(0).normal(size=preset.predict_hw).astype(np.float32)
   tile, margin, multiple = predict.tile_geometry(ml_collections.ConfigDict(
       {"c": shape.c, "d": shape.d, "n": shape.n, "N": shape.N, "norm": "batch"}), predict.DEFAULT_TILE)
-  outputs, items, first = {}, [], {}
+  items, first = [], {}
   for name, side in (("whole", 0), ("tiled", tile)):
-    def run(steps, side=side, name=name):
+    def run(steps, side=side):
       def go():
         for _ in range(steps):
-          outputs[name] = predict.predict_tiled(lambda x: masks(state, jnp.asarray(x)), image, side, margin,
-                                                multiple)
+          predict.predict_tiled(lambda x: masks(state, jnp.asarray(x)), image, side, margin, multiple)
       return _clock(go)
     first[name] = run(1)
     items.append(Item(name, run))
@@ -563,8 +569,11 @@ def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
     items.append(torch_item)
   log(f"timing prediction, {preset.repeats} rounds")
   interleave(items, preset.repeats, 0.0, log)
-  diff = float(np.max(np.abs(outputs["tiled"] - outputs["whole"])))
-  check = {"max_abs_diff": diff, "tolerance": 1e-5, "passed": bool(diff <= 1e-5)}
+  # the tiles must give the whole image's logits (the mask's sigmoid hides differences where it saturates)
+  whole, tiled = (predict.predict_tiled(lambda x: logits(state, jnp.asarray(x)), image, side, margin, multiple)
+                  for side in (0, tile))
+  diff = float(np.max(np.abs(tiled - whole)) / max(float(np.max(np.abs(whole))), 1e-12))
+  check = {"max_rel_diff": diff, "tolerance": 1e-5, "passed": bool(diff <= 1e-5)}
   result = {"shape": dataclasses.asdict(shape), "height": preset.predict_hw[0], "width": preset.predict_hw[1],
             "tile": tile, "margin": margin, "gflop_forward": conv_flops("segmentation", shape, *preset.predict_hw)[
                 "forward"] / 1e9}
@@ -605,15 +614,10 @@ def measure_pipeline(preset: Preset, log) -> dict:
 
 
 def measure_layers(preset: Preset, log) -> tuple:
-  """The layers' pooling and upsampling, and the im2col convolution, against their plain formulations: forward and
-  gradient, equality (with ties for pooling) and time at each conv shape's first level."""
-
-
+  """The layers' pooling and upsampling against `nn.max_pool` and `jax.image.resize`, and the im2col convolution
+  against XLA's: forward and gradients, equality and time, at each conv shape's first level."""
   def plain_pool(x):
-    # a max over each window through a reshape: the gradient JAX derives shares ties equally, as ours does (the
-    # gradient of nn.max_pool gives a tie to one element); test_models checks the forward against nn.max_pool
-    B, H, W, C = x.shape
-    return x.reshape(B, H // 2, 2, W // 2, 2, C).max(axis=(2, 4))
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
   def plain_upsample(x):
     B, H, W, C = x.shape
@@ -629,29 +633,26 @@ def measure_layers(preset: Preset, log) -> tuple:
   checks, rows = {}, []
   for shape in preset.conv_shapes:
     rng = np.random.default_rng(0)
+    # continuous values: no ties within a pooling window, where the two poolings' gradients differ by convention
+    # (a max through a reshape shares a tie's gradient, reduce_window gives it to one element)
     x = jnp.asarray(rng.normal(size=(shape.batch, shape.patch, shape.patch, shape.c)), jnp.float32)
-    ties = jnp.round(x * 2) / 2  # many equal values in a pooling window
-    half = x[:, ::2, ::2]
     kernel = jnp.asarray(rng.normal(size=(3, 3, shape.c, shape.c)) / (3 * math.sqrt(shape.c)), jnp.float32)
     pairs = {"max_pool": ((layers.max_pool_2x2, plain_pool), (x,)),
-             "max_pool_ties": ((layers.max_pool_2x2, plain_pool), (ties,)),
-             "upsample": ((layers.upsample_bilinear_2x, plain_upsample), (half,)),
+             "upsample": ((layers.upsample_bilinear_2x, plain_upsample), (x[:, ::2, ::2],)),
              "conv3x3": ((functools.partial(conv.conv3x3, impl="im2col"), functools.partial(conv.conv3x3,
                                                                                               impl="xla")),
                          (x, kernel))}
     items = []
-    for name, ((fast, plain), args) in pairs.items():
-      fast_fn, plain_fn = value_and_grads(fast, *args), value_and_grads(plain, *args)
-      (fast_value, fast_grads), (plain_value, plain_grads) = fast_fn(*args), plain_fn(*args)
-      scale = max(float(jnp.max(jnp.abs(g))) for g in plain_grads)
-      diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(fast_grads, plain_grads)) / scale
-      value_diff = abs(float(fast_value) - float(plain_value)) / max(abs(float(plain_value)), 1e-12)
+    for name, ((ours, reference), args) in pairs.items():
+      ours_fn, reference_fn = value_and_grads(ours, *args), value_and_grads(reference, *args)
+      (ours_value, ours_grads), (reference_value, reference_grads) = ours_fn(*args), reference_fn(*args)
+      scale = max(float(jnp.max(jnp.abs(g))) for g in reference_grads)
+      diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ours_grads, reference_grads)) / scale
+      value_diff = abs(float(ours_value) - float(reference_value)) / max(abs(float(reference_value)), 1e-12)
       tolerance = 1e-5
       checks[f"{name}_{shape.name}"] = {"max_rel_diff": max(diff, value_diff), "tolerance": tolerance,
                                         "passed": bool(max(diff, value_diff) <= tolerance)}
-      if name.endswith("_ties"):
-        continue
-      for label, fn in (("ours", fast_fn), ("reference", plain_fn)):
+      for label, fn in (("ours", ours_fn), ("reference", reference_fn)):
         items.append(Item(f"{name}_{label}", lambda steps, fn=fn, args=args: _clock(
             lambda: jax.block_until_ready([fn(*args) for _ in range(steps)]))))
     log(f"timing layer formulations at {shape.name}'s first level, {preset.repeats} rounds")
@@ -661,9 +662,9 @@ def measure_layers(preset: Preset, log) -> tuple:
                    "input": [shape.batch, shape.patch, shape.patch, shape.c],
                    "ours_s": summary(ours.per_step_s), "reference_s": summary(reference.per_step_s),
                    "speedup": paired_ratio(reference, ours)})
-  return {"note": "forward + gradient, seconds per call; ours = copper_jax's max_pool_2x2 and "
-                  "upsample_bilinear_2x, and the im2col convolution; reference = a max over each window through a "
-                  "reshape, jax.image.resize and XLA's convolution (the one the layers use)", "rows": rows}, checks
+  return {"note": "forward + gradients, seconds per call; ours = copper_jax's max_pool_2x2 and "
+                  "upsample_bilinear_2x, and the im2col convolution; reference = nn.max_pool, jax.image.resize "
+                  "and XLA's convolution (the one the layers use)", "rows": rows}, checks
 
 
 # ---------------------------------------------------------------------------------------------------------------
