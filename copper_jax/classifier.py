@@ -266,7 +266,7 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def _restore_for_eval(config, work_dir, dataset, split, program, which: str):
+def restore_for_eval(config, work_dir, dataset, split, program, which: str):
   """The state to evaluate and the step it came from; "best" falls back to "latest" without validation images."""
   ckpt = _checkpointer(work_dir, len(split.get("val", ())) > 0)
   try:
@@ -370,7 +370,7 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
     train(config, work_dir, dataset, split, quiet)
     total = config_utils.total_steps(config.train, len(split["train"]))
     program = ClassifierProgram(config, dataset.num_classes, total)
-    state, info = _restore_for_eval(config, work_dir, dataset, split, program, config.eval.checkpoint)
+    state, info = restore_for_eval(config, work_dir, dataset, split, program, config.eval.checkpoint)
     return evaluate_state(config, work_dir, dataset, split, program, state, info, config.eval.split,
                           config.eval.num_cam, quiet)
 
@@ -385,6 +385,6 @@ def evaluate_classifier(config, work_dir: str, split: str | None = None, quiet: 
     dataset, splits = prepare_data(config, work_dir)
     total = config_utils.total_steps(config.train, len(splits["train"]))
     program = ClassifierProgram(config, dataset.num_classes, total)
-    state, info = _restore_for_eval(config, work_dir, dataset, splits, program, which or config.eval.checkpoint)
+    state, info = restore_for_eval(config, work_dir, dataset, splits, program, which or config.eval.checkpoint)
     return evaluate_state(config, work_dir, dataset, splits, program, state, info, split or config.eval.split,
                           num_cam, quiet)

@@ -4,11 +4,13 @@ A sweep trains M = K hypotheses x S seeds models side by side. Every member's st
 size M; the step of ONE member is written once and lifted here by one of three strategies:
 
 - `vmap`: `jax.vmap` over members. The clean formulation and the fast one on GPUs, but on XLA's CPU backend a
-  vmapped convolution becomes a grouped convolution on a slow generic path (about 6x slower than separate runs).
+  vmapped convolution becomes a grouped convolution on a slow generic path (launch/benchmark.py: efficiency
+  0.33 at K=8, i.e. 3x slower than K separate runs).
 - `unrolled`: the members' steps written one after another inside one jit. XLA keeps each convolution on its
-  fast path, and the program still compiles and dispatches once per step. The CPU default.
+  fast path, and the program still compiles and dispatches once per step (efficiency 0.96-1.09 at K=8). The
+  CPU default.
 - `map`: `jax.lax.map` over members in chunks of `chunk` (chunk members vmapped at a time): bounds memory
-  for very large sweeps on accelerators. On CPU, convolutions inside loops are slow.
+  for very large sweeps on accelerators. On CPU, convolutions inside loops are slow (efficiency 0.17).
 
 `auto` picks per backend from what `launch/benchmark.py` measured: `unrolled` on CPU, `vmap` elsewhere.
 """

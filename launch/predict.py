@@ -19,9 +19,9 @@ _OUT = flags.DEFINE_string("out", None, "Folder for the predictions (mirrors the
                            required=True)
 _MEMBER = flags.DEFINE_string("member", None, "Sweep only: the hypothesis to use (default: the top-ranked).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sweep only: which trained seed of the hypothesis.", lower_bound=0)
-_TILE = flags.DEFINE_integer("tile", 512, "Sweep only: tile side in pixels for large images (0: whole images); "
-                             "tiles overlap by the receptive field, so the mask equals the whole-image one.",
-                             lower_bound=0)
+_TILE = flags.DEFINE_integer("tile", 0, "Sweep only: tile side in pixels (0: each image whole, in tiles of 512 "
+                             "only when it would not fit in memory). Tiles overlap by the receptive field, so the "
+                             "mask equals the whole-image one; whole images are faster.", lower_bound=0)
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors, skipped files and the final line.")
 
 

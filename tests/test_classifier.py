@@ -193,7 +193,7 @@ def _train_only(config, work):
   dataset, split = prepare_data(config, work)
   classifier.train(config, work, dataset, split, quiet=True)
   program = classifier.ClassifierProgram(config, dataset.num_classes, 1)
-  restore = classifier._restore_for_eval  # pylint: disable=protected-access
+  restore = classifier.restore_for_eval
   state, _ = restore(config, work, dataset, split, program, "latest")
   return state
 

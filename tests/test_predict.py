@@ -179,3 +179,26 @@ def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
   bad = subprocess.run([sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}",
                         "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "cubic" in bad.stderr
+
+
+def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp_path, monkeypatch):
+  from copper_jax import config_utils
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  monkeypatch.setattr(predict, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
+  predictor = predict.SweepPredictor(work_dir, member="linear")
+  # A random head, so that a seam or a shifted tile would show (the trained smoke head is nearly flat).
+  head = predictor.state.params["net"]["head"]
+  kernel = jax.random.normal(jax.random.key(3), head["kernel"].shape)
+  predictor.state = predictor.state.replace(params={**predictor.state.params, "net": {
+      **predictor.state.params["net"], "head": {**head, "kernel": kernel}}})
+  pixels = np.tile(predictor.reader.read(files[0]), (2, 3))
+  height, width = pixels.shape[0] - predictor.reader.crop_bottom, pixels.shape[1]
+  assert predictor.tile == 0 and predictor.tile_for(height, width) == 0
+  whole = predictor.mask(pixels)
+  monkeypatch.setattr(config_utils, "available_memory_bytes", lambda device=None: 1024)
+  tile = predictor.tile_for(height, width)
+  assert 0 < tile < min(height, width) and tile == 2 * predictor.margin + predictor.multiple
+  tiled = predictor.mask(pixels)
+  assert whole.std() > 0.05
+  np.testing.assert_allclose(tiled, whole, atol=1e-5)

@@ -148,6 +148,15 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
       manifest=_read_manifest(manifest_path), skipped=skipped)
 
 
+def read_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """(H, W) grayscale pixels of one image file in its native units, decoded as a dataset's images are (any bit
+  depth, colour to luminance, info bar kept); DataError naming the file when it cannot be used."""
+  try:
+    return _read_gray(path, max_pixels)
+  except _Unreadable as e:
+    raise DataError(str(e)) from None
+
+
 class _Unreadable(Exception):
   """A file that cannot be opened or decoded; the message starts with its path."""
 
