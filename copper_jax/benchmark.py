@@ -12,7 +12,6 @@ pooling and upsampling against nn.max_pool and jax.image.resize, the im2col conv
 member against its single-member step, tiled against whole-image prediction); the launcher fails when one
 differs.
 """
-import ctypes
 import dataclasses
 import datetime
 import functools
@@ -37,7 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from copper_jax import clf_steps, members, optim, predict, seg_steps
+from copper_jax import clf_steps, host_memory, members, optim, predict, seg_steps
 from copper_jax.data import folder, sampler, synthetic
 from copper_jax.models import conv, layers, make_model
 
@@ -116,25 +115,6 @@ QUICK = Preset(shapes=(TINY,), sweeps=(SweepSpec(TINY, STRATEGIES, (2,)),), pred
                conv_shapes=(TINY,), peak_n=64, peak_dtypes=("float32",), repeats=2, min_repeat_s=0.0)
 
 
-def reuse_freed_memory() -> bool:
-  """Keeps memory that XLA frees in this process's heap (glibc), so the next step reuses it; False elsewhere.
-
-  XLA allocates one buffer for all temporaries of an executable (350 MiB for a medium training step) at every
-  call. glibc serves so large a block with a fresh mmap and unmaps it when freed, so every step page-faults all of
-  it in again: 89 000 faults per medium step, a third of the step on a 2-core VM. Without mmap for large blocks,
-  with trimming off (a threshold of 2 GiB still let a K=8 sweep's 2.5 GiB block be returned and faulted in again)
-  and with one arena (XLA's worker threads would otherwise get arenas that fall back to mmap), a freed block is
-  reused. The process then keeps its peak memory until it exits. Call it before JAX starts its threads (before
-  the first computation).
-  """
-  if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-    return False
-  libc = ctypes.CDLL("libc.so.6")
-  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # mallopt parameters, from glibc's malloc.h
-  return all(libc.mallopt(param, value) == 1
-             for param, value in ((m_mmap_max, 0), (m_trim_threshold, -1), (m_arena_max, 1)))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # analytic FLOPs
 
@@ -169,7 +149,7 @@ class Item:
   """One measured thing: `run(steps)` does `steps` steps and returns their wall time, finished, in seconds.
 
   `faults_per_step`: this process's minor page faults per step in each repeat, which shows whether freed memory
-  was reused (see `reuse_freed_memory`); work done in another process (PyTorch's) counts none here."""
+  was reused (see `copper_jax.host_memory`); work done in another process (PyTorch's) counts none here."""
   name: str
   run: Callable[[int], float]
   steps: int = 1
@@ -330,10 +310,8 @@ def sweep_program(shape: Shape, strategy: str, num_members: int, chunk: int) -> 
 
 _TORCH_WORKER = r'''
 import ctypes, importlib.util, json, os, sys, time
-if sys.argv[2] == "1":
-  libc = ctypes.CDLL("libc.so.6")
-  for param, value in ((-4, 0), (-1, -1), (-8, 1)):  # as copper_jax.benchmark.reuse_freed_memory
-    libc.mallopt(param, value)
+for param, value in json.loads(sys.argv[2]):  # copper_jax.host_memory.SETTINGS, or none
+  ctypes.CDLL("libc.so.6").mallopt(param, value)
 spec = importlib.util.spec_from_file_location("torch_ref", sys.argv[1])
 ref = importlib.util.module_from_spec(spec)
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
@@ -354,6 +332,24 @@ class Infer:
         self.model(self.x)
     return time.perf_counter() - start
 
+class ConvPass:
+  """One 3x3 convolution's forward pass, input gradient or weight gradient, channels-first as the reference."""
+  def __init__(self, batch, size, c, which):
+    torch.manual_seed(0)
+    self.x, self.dy = torch.randn(batch, c, size, size), torch.randn(batch, c, size, size)
+    self.w = torch.randn(c, c, 3, 3) / (3 * c ** 0.5)
+    self.which = which
+  def run(self, steps):
+    start = time.perf_counter()
+    with torch.no_grad():
+      for _ in range(steps):
+        if self.which == "forward":
+          torch.nn.functional.conv2d(self.x, self.w, padding=1)
+        else:
+          torch.ops.aten.convolution_backward(self.dy, self.x, self.w, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
+                                              1, [self.which == "input_grad", self.which == "weight_grad", False])
+    return time.perf_counter() - start
+
 for line in sys.stdin:
   cmd = json.loads(line)
   try:
@@ -368,6 +364,10 @@ for line in sys.stdin:
       a = cmd["args"]
       benches[cmd["id"]] = Infer(a["c"], a["d"], a["n"], a["N"], a["height"], a["width"])
       reply = {"first_s": benches[cmd["id"]].run(1)}
+    elif cmd["op"] == "conv":
+      a = cmd["args"]
+      benches[cmd["id"]] = ConvPass(a["batch"], a["size"], a["c"], a["which"])
+      reply = {"first_s": benches[cmd["id"]].run(1)}
     else:
       reply = {"seconds": benches[cmd["id"]].run(cmd["steps"])}
   except Exception as e:
@@ -380,7 +380,7 @@ class TorchWorker:
   """The PyTorch reference (`torch_ref.py`, run by `python`) in a subprocess answering one JSON line per request."""
   def __init__(self, python: str, torch_ref: str, reuse_memory: bool):
     self._process = subprocess.Popen([python, "-u", "-c", _TORCH_WORKER, os.path.abspath(torch_ref),
-                                      "1" if reuse_memory else "0"], stdin=subprocess.PIPE,
+                                      json.dumps(host_memory.SETTINGS if reuse_memory else [])], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
     self._next_id = 0
     self.info = self.request({"op": "hello"})
@@ -398,7 +398,7 @@ class TorchWorker:
     return reply
 
   def item(self, name: str, op: str, **args) -> Item:
-    """A timed item of a training bench (op "train") or of whole-image inference (op "infer")."""
+    """A timed item of a training bench (op "train"), whole-image inference ("infer") or a conv pass ("conv")."""
     ident = self._next_id
     self._next_id += 1
     self.request({"op": op, "id": ident, "args": args})
@@ -552,7 +552,7 @@ def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
                                                     image, False, method=type(model).mask_logits))
   image = np.random.default_rng(0).normal(size=preset.predict_hw).astype(np.float32)
   tile, margin, multiple = predict.tile_geometry(ml_collections.ConfigDict(
-      {"c": shape.c, "d": shape.d, "n": shape.n, "N": shape.N, "norm": "batch"}), predict.DEFAULT_TILE)
+      {"c": shape.c, "d": shape.d, "n": shape.n, "N": shape.N, "norm": "batch"}), predict.FALLBACK_TILE)
   items, first = [], {}
   for name, side in (("whole", 0), ("tiled", tile)):
     def run(steps, side=side):
@@ -667,11 +667,54 @@ def measure_layers(preset: Preset, log) -> tuple:
                   "and XLA's convolution (the one the layers use)", "rows": rows}, checks
 
 
+CONV_PASSES = ("forward", "input_grad", "weight_grad")
+
+
+def measure_conv_passes(preset: Preset, torch: TorchWorker | None, log) -> dict:
+  """Where a training step's convolution time goes: one 3x3 convolution's forward pass, input gradient and weight
+  gradient timed apart at each conv shape's first level (the largest maps), and PyTorch's, interleaved."""
+  rows = []
+  for shape in preset.conv_shapes:
+    rng = np.random.default_rng(0)
+    size = (shape.batch, shape.patch, shape.patch, shape.c)
+    x, dy = (jnp.asarray(rng.normal(size=size), jnp.float32) for _ in range(2))
+    kernel = jnp.asarray(rng.normal(size=(3, 3, shape.c, shape.c)) / (3 * math.sqrt(shape.c)), jnp.float32)
+
+    def forward(x, kernel):
+      return conv.conv3x3(x, kernel, impl="xla")
+
+    # the forward pass is dead code in each gradient's program: XLA drops it
+    fns = {"forward": (jax.jit(forward), (x, kernel)),
+           "input_grad": (jax.jit(lambda x, k, dy: jax.vjp(forward, x, k)[1](dy)[0]), (x, kernel, dy)),
+           "weight_grad": (jax.jit(lambda x, k, dy: jax.vjp(forward, x, k)[1](dy)[1]), (x, kernel, dy))}
+    items = {}
+    for which, (fn, args) in fns.items():
+      items[which] = Item(f"{which}", lambda steps, fn=fn, args=args: _clock(
+          lambda: jax.block_until_ready([fn(*args) for _ in range(steps)])))
+      if torch is not None:
+        items[f"torch_{which}"] = torch.item(f"torch_{which}", "conv", batch=shape.batch, size=shape.patch,
+                                             c=shape.c, which=which)
+    log(f"timing convolution passes at {shape.name}'s first level, {preset.repeats} rounds")
+    interleave(list(items.values()), preset.repeats, preset.min_repeat_s / 5, log)
+    gflop = 2 * shape.batch * shape.patch ** 2 * shape.c ** 2 * 9 / 1e9
+    row = {"shape": shape.name, "input": list(size), "gflop_per_pass": gflop}
+    for which in CONV_PASSES:
+      seconds = summary(items[which].per_step_s)
+      row[which] = {"jax_s": seconds, "jax_gflop_s": gflop / seconds["median"]}
+      if torch is not None:
+        torch_seconds = summary(items[f"torch_{which}"].per_step_s)
+        row[which].update(torch_s=torch_seconds, torch_gflop_s=gflop / torch_seconds["median"],
+                          jax_over_torch=paired_ratio(items[f"torch_{which}"], items[which]))
+    rows.append(row)
+  return {"note": "seconds per call of one 3x3 convolution pass, the same FLOPs each; jax_over_torch > 1 means JAX "
+                  "is faster", "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the whole benchmark
 
 
-SECTIONS = ("training", "sweep", "prediction", "pipeline", "layers")
+SECTIONS = ("training", "sweep", "prediction", "pipeline", "layers", "conv_passes")
 
 
 def _versions() -> dict:
@@ -709,7 +752,7 @@ def run_benchmark(preset_name: str, quick: bool = False, torch_python: str | Non
                   torch_ref: str | None = None, reused_freed_memory: bool = False,
                   torch_reuses_freed_memory: bool | None = None, sections=SECTIONS, log=print) -> dict:
   """Runs the benchmark and returns its results (see the module docstring). `reused_freed_memory` only records
-  whether the caller called `reuse_freed_memory()` first; the PyTorch worker does the same unless
+  whether the caller called `host_memory.reuse_freed_memory()` first; the PyTorch worker does the same unless
   `torch_reuses_freed_memory` says otherwise."""
   if preset_name not in PRESETS:
     raise ValueError(f"preset {preset_name!r}; valid values: {', '.join(PRESETS)}")
@@ -756,6 +799,8 @@ def run_benchmark(preset_name: str, quick: bool = False, torch_python: str | Non
     if "layers" in sections:
       result["layers"], layer_checks = measure_layers(preset, log)
       checks.update(layer_checks)
+    if "conv_passes" in sections:
+      result["conv_passes"] = measure_conv_passes(preset, torch, log)
   finally:
     if torch is not None:
       torch.close()
@@ -828,6 +873,14 @@ def table(result: dict) -> str:
   for row in result.get("layers", {}).get("rows", []):
     lines.append(f"{row['op']:<9} at {row['shape']:<8}: ours {row['ours_s']['median'] * 1e3:7.2f} ms, reference "
                  f"{row['reference_s']['median'] * 1e3:7.2f} ms, speedup {row['speedup']['median']:.2f}x")
+  for row in result.get("conv_passes", {}).get("rows", []):
+    text = []
+    for which in CONV_PASSES:
+      p = row[which]
+      text.append(f"{which} {p['jax_s']['median'] * 1e3:.2f} ms ({p['jax_gflop_s']:.0f} GFLOP/s)"
+                  + (f" vs torch {p['torch_s']['median'] * 1e3:.2f} ms, {p['jax_over_torch']['median']:.2f}x"
+                     if "torch_s" in p else ""))
+    lines.append(f"conv3x3 at {row['shape']:<8}: " + "; ".join(text))
   failed = [name for name, check in result["checks"].items() if not check["passed"]]
   lines.append(f"checks: {len(result['checks'])} run, " + (f"FAILED: {', '.join(failed)}" if failed else "all passed"))
   return "\n".join(lines)

@@ -1,8 +1,9 @@
 """The shell every launch script runs in: absl's app.run, with user errors reported as one line.
 
-Flags are defined in the launch scripts; this only turns a `UserError`, a flag or config-override mistake, or a
+Flags are defined in the launch scripts; this turns a `UserError`, a flag or config-override mistake, or a
 missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
-not a traceback.
+not a traceback. With COPPER_JAX_REUSE_FREED_MEMORY=1 it also keeps freed host memory for reuse before JAX starts
+(see `host_memory`: faster for one medium model, slower for the demo sweep).
 """
 import errno
 import re
@@ -11,6 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from copper_jax import host_memory
 from copper_jax.errors import UserError
 
 
@@ -69,6 +71,8 @@ def define_config(default: str, help_text: str):
 
 
 def run(main) -> None:
+  # Before any computation: XLA's threads take their allocator arenas at their first allocation.
+  host_memory.reuse_freed_memory_if_asked()
   def guarded(argv):
     # orbax logs every checkpoint step at INFO; users want the progress bar and errors.
     logging.set_verbosity(logging.WARNING)

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from copper_jax import benchmark
+from copper_jax import benchmark, host_memory
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", list(benchmark.PRESETS), "Shapes and sizes to measure.")
 _OUT = flags.DEFINE_string("out", None, "JSON file to write the results to.", required=True)
@@ -32,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # before JAX starts its threads: they take their allocator arenas at their first allocation
-  reused = benchmark.reuse_freed_memory() if _REUSE.value else False
+  reused = host_memory.reuse_freed_memory() if _REUSE.value else False
   result = benchmark.run_benchmark(_PRESET.value, quick=_QUICK.value, torch_python=_TORCH_PYTHON.value,
                                    torch_ref=_TORCH_REF.value, reused_freed_memory=reused,
                                    torch_reuses_freed_memory=_TORCH_REUSE.value, sections=_SECTIONS.value,

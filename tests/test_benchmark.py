@@ -54,6 +54,9 @@ def test_quick_run_writes_the_schema_and_its_checks_pass(tmp_path):
   assert _is_stats(prediction["whole"]["s_per_image"], repeats) and prediction["gflop_forward"] > 0
   assert _is_stats(result["pipeline"]["patches_per_s"], repeats) and result["pipeline"]["headroom"] > 0
   assert {row["op"] for row in result["layers"]["rows"]} == {"max_pool", "upsample", "conv3x3"}
+  (passes,) = result["conv_passes"]["rows"]
+  assert passes["shape"] == "tiny" and passes["gflop_per_pass"] > 0
+  assert all(_is_stats(passes[which]["jax_s"], repeats) for which in benchmark.CONV_PASSES)
 
   # the fast paths were compared with the plain ones, and matched
   names = set(result["checks"])
