@@ -5,9 +5,9 @@ every call. glibc serves so large a block with a fresh mmap and unmaps it when f
 all of it in again: 89 000 faults per medium step. `reuse_freed_memory` stops that, but it needs glibc's single
 arena, which serialises the allocations of XLA's threads. Which effect wins depends on the program, so it is off
 unless COPPER_JAX_REUSE_FREED_MEMORY=1. Measured on a 2-core VM (median step times, 5 repeats of 5 steps):
-one medium segmentation model 225 ms with it against 266 ms without (15% faster); the demo sweep's program (18
-members unrolled, small shape) 388-450 ms against 342-361 ms (13-28% slower), and the whole demo sweep 2 min 44 s
-against 2 min 31 s.
+one medium segmentation model 225 ms with it against 266 ms without (15% faster); the demo's model shape with
+18 members unrolled 388-450 ms against 342-361 ms (13-28% slower), and the whole demo sweep (16 members) 2 min
+44 s against 2 min 31 s.
 """
 import ctypes
 import os
