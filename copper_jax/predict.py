@@ -3,7 +3,8 @@
 `predict(work_dir, images, out_dir)` is what launch/predict.py calls. The model comes back through the same
 strict restore as evaluation (config.json plus the latest checkpoint), and each image is read and standardised
 exactly as the training images were: the folder loader's decoders (any bit depth, colour to luminance), the same
-info-bar crop, and the training set's mean and std when the config standardised by dataset.
+info-bar crop, and the training set's mean and std when the config standardised by dataset. What it needs of the
+training data comes from W/data_summary.json (`prepare.DataSummary`), so the training images are not loaded.
 
 Outputs under `out_dir`, mirroring the input's sub-folders and file stems:
   sweep:      <stem>.npy (float32 mask in [0, 1], 1 = smoothed, the image's H x W) and <stem>_overlay.png
@@ -42,11 +43,11 @@ TINT_WEIGHT = 0.55
 class Reader:
   """Reads and standardises an image exactly as the model's training images were read and standardised."""
 
-  def __init__(self, config, dataset):
+  def __init__(self, config, summary: prepare.DataSummary):
     self.mode = config.data.standardise
     self.crop_bottom = config.data.crop_bottom
-    self.mean, self.std = float(dataset.mean[0]), float(dataset.std[0])
-    self.dtype = dataset.images[0].dtype
+    self.mean, self.std = summary.mean, summary.std
+    self.dtype = summary.dtype
 
   def read(self, path: str) -> np.ndarray:
     """(H, W) pixels in the file's native units, info bar kept; raises UserError naming the file."""
@@ -129,11 +130,12 @@ def _read_json(path: str):
 
 
 def _training_data(config, work_dir: str):
-  """The dataset and split the workdir's model was trained on: its restore needs them, and so does the
-  dataset standardisation."""
+  """The summary of the data the workdir's model was trained on, and stand-ins for its split: the restore needs
+  them, and so does the dataset standardisation."""
   if not os.path.isdir(os.path.join(work_dir, "checkpoints")):
     raise CheckpointError(f"no checkpoints in {work_dir}: train first (launch/sweep.py or launch/train.py)")
-  return prepare.prepare_data(config, work_dir)
+  summary = prepare.load_summary(config, work_dir)
+  return summary, summary.split()
 
 
 class SweepPredictor:
@@ -142,8 +144,8 @@ class SweepPredictor:
   def __init__(self, work_dir: str, member: str | None = None, seed: int = 0, tile: int = DEFAULT_TILE):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
-    dataset, split = _training_data(config, work_dir)
-    program, _, hyps, rows, _, meta = sweep.build(config, dataset, split)
+    data, split = _training_data(config, work_dir)
+    program, _, hyps, rows, _, meta = sweep.build(config, data, split)
     names = [h.name for h in hyps]
     if member is None:
       summary_path = os.path.join(work_dir, "sweep.json")
@@ -162,7 +164,7 @@ class SweepPredictor:
     if bool(self.state.diverged):
       raise UserError(f"member {member} seed {seed} diverged in training; choose another --member or --seed")
     self.member, self.seed = member, seed
-    self.reader = Reader(config, dataset)
+    self.reader = Reader(config, data)
     self.tile, self.margin, self.multiple = tile_geometry(config.model, tile)
     # Whole images (tile=0) fall back to tiles when they would not fit; GroupNorm models cannot be tiled.
     self.fallback_tile = 0
@@ -207,17 +209,16 @@ class ClassifierPredictor:
   """
 
   def __init__(self, work_dir: str):
-    from copper_jax import classifier, config_utils
+    from copper_jax import classifier
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
-    dataset, split = _training_data(config, work_dir)
+    data, split = _training_data(config, work_dir)
     total = config_utils.total_steps(config.train, len(split["train"]))
-    program = classifier.ClassifierProgram(config, dataset.num_classes, total)
-    self.state, info = classifier.restore_for_eval(config, work_dir, dataset, split, program,
-                                                     config.eval.checkpoint)
+    program = classifier.ClassifierProgram(config, data.num_classes, total)
+    self.state, info = classifier.restore_for_eval(config, work_dir, data, split, program, config.eval.checkpoint)
     self.step = info["step"]
-    self.stress_times = dataset.stress_times
-    self.reader = Reader(config, dataset)
+    self.stress_times = data.stress_times
+    self.reader = Reader(config, data)
     self._classify = jax.jit(functools.partial(_logits_and_cam, program.model))
 
   def classify(self, pixels_HxW: np.ndarray):

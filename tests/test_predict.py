@@ -202,3 +202,43 @@ def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp
   tiled = predictor.mask(pixels)
   assert whole.std() > 0.05
   np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_predict_needs_only_the_summary_of_the_training_data(smoke, tmp_path):
+  import shutil
+  from copper_jax.data import prepare
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  config = workdir.load_config(work_dir)
+  dataset, split = sweep.prepare_data(config, work_dir)
+  saved = prepare.load_summary(config, work_dir)
+  assert os.path.exists(os.path.join(work_dir, prepare.SUMMARY_FILE))
+  expected = prepare.DataSummary.of(dataset, split)
+  np.testing.assert_array_equal(saved.stress_times, expected.stress_times)
+  np.testing.assert_allclose(saved.tau, dataset.tau)
+  assert (saved.label_names, saved.image_shape, saved.dtype, saved.mean, saved.std, saved.split_sizes) == (
+      expected.label_names, expected.image_shape, expected.dtype, expected.mean, expected.std, expected.split_sizes)
+
+  new = tmp_path / "new"
+  new.mkdir()
+  for f in files[:2]:
+    shutil.copy(f, new / os.path.basename(f))
+  reference = predict.predict(work_dir, [str(new)], str(tmp_path / "reference"), quiet=True)
+  # The workdir without its training images: the summary is enough, and the masks are the same.
+  moved = tmp_path / "moved"
+  shutil.copytree(work_dir, moved, ignore=shutil.ignore_patterns("data"))
+  result = predict.predict(str(moved), [str(new)], str(tmp_path / "out"), quiet=True)
+  assert [r["smoothed_fraction"] for r in result["rows"]] == [r["smoothed_fraction"] for r in reference["rows"]]
+  for row in result["rows"]:
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{row['output']}.npy"),
+                                  np.load(tmp_path / "reference" / f"{row['output']}.npy"))
+  # A garbled summary is named, with the fix; nothing else in the workdir is touched.
+  (moved / prepare.SUMMARY_FILE).write_text("{not json")
+  with pytest.raises(UserError, match="data_summary.json is unreadable.*delete it"):
+    predict.predict(str(moved), [str(new)], str(tmp_path / "out2"), quiet=True)
+  # A workdir trained before the summary existed loads its training data instead.
+  older = tmp_path / "older"
+  shutil.copytree(work_dir, older)
+  os.remove(older / prepare.SUMMARY_FILE)
+  result = predict.predict(str(older), [str(new)], str(tmp_path / "out3"), quiet=True)
+  assert [r["smoothed_fraction"] for r in result["rows"]] == [r["smoothed_fraction"] for r in reference["rows"]]

@@ -63,10 +63,7 @@ class SEMDataset:
 
   @property
   def tau(self) -> np.ndarray:
-    """(T,) float64 stress time normalised to [0, 1]; all zeros when there is a single stress time."""
-    t = self.stress_times
-    span = t[-1] - t[0]
-    return (t - t[0]) / span if span > 0 else np.zeros_like(t)
+    return normalised_times(self.stress_times)
 
   @property
   def image_shape(self) -> tuple:
@@ -76,6 +73,13 @@ class SEMDataset:
   def standardised(self, i: int) -> np.ndarray:
     """(H, W) float32 image `i` as (x - mean) / max(std, eps)."""
     return standardise_pixels(self.images[i], self.mean[i], self.std[i])
+
+
+def normalised_times(stress_times: np.ndarray) -> np.ndarray:
+  """(T,) float64 stress times (ascending) normalised to [0, 1]; all zeros when there is a single stress time."""
+  t = np.asarray(stress_times, np.float64)
+  span = t[-1] - t[0]
+  return (t - t[0]) / span if span > 0 else np.zeros_like(t)
 
 
 def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:

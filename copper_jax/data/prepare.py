@@ -1,11 +1,17 @@
 """The `data` section every job's config shares, and turning it into a dataset and its saved split."""
+import dataclasses
+import json
 import os
 
 import ml_collections
+import numpy as np
 
+from copper_jax import workdir
 from copper_jax.data import folder, splits, synthetic
-from copper_jax.errors import ConfigError
+from copper_jax.errors import ConfigError, DataError
 from copper_jax.logging_utils import log
+
+SUMMARY_FILE = "data_summary.json"
 
 
 def data_config(split: dict) -> ml_collections.ConfigDict:
@@ -74,3 +80,65 @@ def prepare_data(config, work_dir: str):
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
   split = splits.load_or_make_splits(work_dir, dataset, config.data.split.to_dict(), config.seed)
   return dataset, split
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSummary:
+  """What a trained model keeps of its training data: enough to restore it and to read new images as its training
+  images were read (stress times, image size, pixel type, dataset standardisation), without the images.
+
+  Training writes it to W/data_summary.json, so prediction neither needs the images nor spends the time to load
+  them, and standardises new images with the statistics the model was trained with even if the folder changed.
+  """
+  stress_times: np.ndarray  # (T,) float64, ascending
+  label_names: list
+  image_shape: tuple        # (H, W) after crop_bottom
+  dtype: np.dtype           # the images' pixel type
+  mean: float               # the dataset standardisation, in pixel units (unused when config.data.standardise is
+  std: float                # "image")
+  split_sizes: dict         # images per split
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.stress_times)
+
+  @property
+  def tau(self) -> np.ndarray:
+    return folder.normalised_times(self.stress_times)
+
+  def split(self) -> dict:
+    """Stand-ins for the split's lists, for code that only counts them (a model's step count)."""
+    return {name: range(size) for name, size in self.split_sizes.items()}
+
+  @classmethod
+  def of(cls, dataset, split: dict) -> "DataSummary":
+    return cls(stress_times=np.asarray(dataset.stress_times, np.float64), label_names=list(dataset.label_names),
+               image_shape=tuple(dataset.image_shape), dtype=np.dtype(dataset.images[0].dtype),
+               mean=float(dataset.mean[0]), std=float(dataset.std[0]),
+               split_sizes={name: len(paths) for name, paths in split.items()})
+
+
+def save_summary(work_dir: str, dataset, split: dict) -> None:
+  """Writes W/data_summary.json for the data a training run is about to use (replaced atomically)."""
+  summary = DataSummary.of(dataset, split)
+  workdir.atomic_write_json(os.path.join(work_dir, SUMMARY_FILE), {
+      "stress_times": summary.stress_times.tolist(), "label_names": summary.label_names,
+      "image_shape": list(summary.image_shape), "dtype": summary.dtype.name, "mean": summary.mean,
+      "std": summary.std, "split_sizes": summary.split_sizes})
+
+
+def load_summary(config, work_dir: str) -> DataSummary:
+  """The training data's summary from W/data_summary.json; a workdir trained before the file existed has its data
+  loaded instead (which must still be where the config says)."""
+  path = os.path.join(work_dir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return DataSummary.of(*prepare_data(config, work_dir))
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+    return DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64), label_names=list(raw["label_names"]),
+                       image_shape=tuple(raw["image_shape"]), dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]),
+                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
+                    f"instead") from None
