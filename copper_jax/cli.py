@@ -2,8 +2,8 @@
 
 Flags are defined in the launch scripts; this turns a `UserError`, a flag or config-override mistake, or a
 missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
-not a traceback. With COPPER_JAX_REUSE_FREED_MEMORY=1 it also keeps freed host memory for reuse before JAX starts
-(see `host_memory`: faster for one medium model, slower for the demo sweep).
+not a traceback. It also applies the launcher's host-memory choice before JAX starts (see `host_memory`: keeping freed
+memory for reuse speeds up one-model programs and slows down many-member sweeps).
 """
 import errno
 import re
@@ -70,9 +70,15 @@ def define_config(default: str, help_text: str):
     sys.exit(2)
 
 
-def run(main) -> None:
+def run(main, reuse_freed_memory: bool = False) -> None:
+  """Runs `main` under absl with one-line user errors; `reuse_freed_memory`: the launcher's default for
+  `host_memory.apply` (COPPER_JAX_REUSE_FREED_MEMORY overrides it)."""
   # Before any computation: XLA's threads take their allocator arenas at their first allocation.
-  host_memory.reuse_freed_memory_if_asked()
+  try:
+    host_memory.apply(reuse_freed_memory)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   def guarded(argv):
     # orbax logs every checkpoint step at INFO; users want the progress bar and errors.
     logging.set_verbosity(logging.WARNING)

@@ -1,20 +1,23 @@
-"""Host-memory setting a launch script can apply before JAX starts: keep freed memory for reuse (opt-in).
+"""Host-memory setting a launch script applies before JAX starts: keep freed memory for reuse.
 
 XLA allocates one buffer for all temporaries of an executable (350 MiB for a medium segmentation training step) at
 every call. glibc serves so large a block with a fresh mmap and unmaps it when freed, so every step page-faults
 all of it in again: 89 000 faults per medium step. `reuse_freed_memory` stops that, but it needs glibc's single
-arena, which serialises the allocations of XLA's threads. Which effect wins depends on the program, so it is off
-unless COPPER_JAX_REUSE_FREED_MEMORY=1. Measured on a 2-core VM (median step times, 5 repeats of 5 steps):
-one medium segmentation model 225 ms with it against 266 ms without (15% faster); the demo's model shape with
-18 members unrolled 388-450 ms against 342-361 ms (13-28% slower), and the whole demo sweep (16 members) 2 min
-44 s against 2 min 31 s.
+arena, which serialises the allocations of XLA's threads. Which effect wins depends on the program, so each
+launcher says whether it applies it (see `cli.run`) and COPPER_JAX_REUSE_FREED_MEMORY=1 or 0 overrides that.
+Measured on a 2-core VM (median step times, 5 repeats of 5 steps, one process per setting):
+- one model, as launch/train.py, launch/grid_search.py and launch/predict.py run: the classifier demo's training
+  step 57 ms with it against 88-94 ms without, a medium segmentation model 225 ms against 266 ms, and one
+  960x1280 image predicted in 0.238 s against 0.264 s: on for those launchers;
+- many members unrolled in one program, as launch/sweep.py runs: the demo's model shape with 18 members 388-450
+  ms against 342-361 ms (13-28% slower), and the whole demo sweep (16 members) 2 min 44 s against 2 min 31 s: off.
 """
 import ctypes
 import os
 import platform
 import sys
 
-# Set to 1 to apply `reuse_freed_memory` in every launch script.
+# 1 or 0: apply `reuse_freed_memory` in every launch script, or in none, whatever the launcher's default.
 ENV_VAR = "COPPER_JAX_REUSE_FREED_MEMORY"
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
@@ -35,8 +38,14 @@ def reuse_freed_memory() -> bool:
   return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
 
 
-def reuse_freed_memory_if_asked() -> bool:
-  """`reuse_freed_memory()` when the environment sets COPPER_JAX_REUSE_FREED_MEMORY=1; whether it applied."""
-  if os.environ.get(ENV_VAR, "0").strip().lower() not in ("1", "true", "yes", "on"):
+def apply(default: bool) -> bool:
+  """`reuse_freed_memory()` if COPPER_JAX_REUSE_FREED_MEMORY says 1, or says nothing and `default` is True;
+  whether it applied. Any other value of the variable is an error a user should hear about, not a silent default.
+  """
+  value = os.environ.get(ENV_VAR, "").strip().lower()
+  if value not in ("", "0", "1"):
+    raise ValueError(f"{ENV_VAR}={os.environ[ENV_VAR]!r}: set it to 1 (reuse freed memory) or 0 (glibc's "
+                     f"default), or unset it for the launcher's choice")
+  if value == "0" or (value == "" and not default):
     return False
   return reuse_freed_memory()

@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, reuse_freed_memory=True)  # one model per program: see copper_jax/host_memory.py
