@@ -232,7 +232,7 @@ def test_predict_needs_only_the_summary_of_the_training_data(smoke, tmp_path):
   for row in result["rows"]:
     np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{row['output']}.npy"),
                                   np.load(tmp_path / "reference" / f"{row['output']}.npy"))
-  # A garbled summary is named, with the fix; nothing else in the workdir is touched.
+  # A garbled summary is named, with the fix.
   (moved / prepare.SUMMARY_FILE).write_text("{not json")
   with pytest.raises(UserError, match="data_summary.json is unreadable.*delete it"):
     predict.predict(str(moved), [str(new)], str(tmp_path / "out2"), quiet=True)
