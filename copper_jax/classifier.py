@@ -21,7 +21,7 @@ from copper_jax.data import sampler
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
-from copper_jax.data.prepare import check_patch_fits, prepare_data, save_summary
+from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
 from copper_jax.sweep_results import pick_overlay_images
 
 # Config entries that fix the meaning of a checkpoint. The duration is not among them, so a finished run can be
@@ -366,8 +366,7 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):
     workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
-    dataset, split = prepare_data(config, work_dir)
-    save_summary(work_dir, dataset, split)
+    dataset, split = prepare_training_data(config, work_dir)
     train(config, work_dir, dataset, split, quiet)
     total = config_utils.total_steps(config.train, len(split["train"]))
     program = ClassifierProgram(config, dataset.num_classes, total)

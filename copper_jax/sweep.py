@@ -13,7 +13,7 @@ import numpy as np
 from copper_jax import (checkpoint, config_utils, determinism, hypotheses, members, optim, seg_steps, sweep_results,
                         workdir)
 from copper_jax.data import sampler
-from copper_jax.data.prepare import check_patch_fits, prepare_data, save_summary
+from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
 from copper_jax.errors import CheckpointError
 from copper_jax.logging_utils import MetricWriter, Progress, log, truncate_after
 from copper_jax.models import analysis, make_model
@@ -248,8 +248,7 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):
     workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "a sweep")
-    dataset, split = prepare_data(config, work_dir)
-    save_summary(work_dir, dataset, split)
+    dataset, split = prepare_training_data(config, work_dir)
     program, states, member_arrays, hyps = train(config, work_dir, dataset, split, quiet)
     return finish(config, work_dir, dataset, split, program, states, member_arrays, hyps, quiet)
 

@@ -127,6 +127,13 @@ def save_summary(work_dir: str, dataset, split: dict) -> None:
       "std": summary.std, "split_sizes": summary.split_sizes})
 
 
+def prepare_training_data(config, work_dir: str):
+  """`prepare_data` for a training run, which also records what prediction will need of the data (`save_summary`)."""
+  dataset, split = prepare_data(config, work_dir)
+  save_summary(work_dir, dataset, split)
+  return dataset, split
+
+
 def load_summary(config, work_dir: str) -> DataSummary:
   """The training data's summary from W/data_summary.json; a workdir trained before the file existed has its data
   loaded instead (which must still be where the config says)."""
