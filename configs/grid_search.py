@@ -12,27 +12,17 @@ Presets (`--config=configs/grid_search.py:PRESET`); each is the classifier prese
 The grid is the product of the value lists, or `grid.points` when given, e.g.
 `--config.grid.points='((8, 2, 1, 1), (16, 3, 1, 1))'`. Restarting the same command resumes the search.
 """
-import importlib.util
-import os
-
 import ml_collections
 
+from configs import classifier
+
 PRESETS = ("smoke", "demo", "paper")
-
-
-def _classifier_config(preset: str) -> ml_collections.ConfigDict:
-  # config_flags loads this file by path, so its sibling is loaded the same way rather than imported.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classifier.py")
-  spec = importlib.util.spec_from_file_location("copper_jax_classifier_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r} for configs/grid_search.py; use one of {', '.join(PRESETS)}")
-  config = _classifier_config(preset)
+  config = classifier.get_config(preset)
   config.grid = ml_collections.ConfigDict()
   config.grid.c = (8, 16)              # channels
   config.grid.d = (2, 3)               # stages (poolings)

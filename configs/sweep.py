@@ -24,7 +24,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.data = data_config({"train": 8, "val": 2, "test": 2})
 
   # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
-  # global fraction, which is what makes the ranking of hypotheses meaningful (README, "Why the receptive field").
+  # global fraction, which is what makes the ranking of hypotheses meaningful (docs/science.md, "Why the ranking can work").
   config.model = ml_collections.ConfigDict({"c": 8, "d": 2, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
 
   config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)",

@@ -5,12 +5,9 @@ every call. glibc serves so large a block with a fresh mmap and unmaps it when f
 all of it in again: 89 000 faults per medium step. `reuse_freed_memory` stops that, but it needs glibc's single
 arena, which serialises the allocations of XLA's threads. Which effect wins depends on the program, so each
 launcher says whether it applies it (see `cli.run`) and COPPER_JAX_REUSE_FREED_MEMORY=1 or 0 overrides that.
-Measured on a 2-core VM (median step times, 5 repeats of 5 steps, one process per setting):
-- one model, as launch/train.py, launch/grid_search.py and launch/predict.py run: the classifier demo's training
-  step 57 ms with it against 88-94 ms without, a medium segmentation model 225 ms against 266 ms, and one
-  960x1280 image predicted in 0.238 s against 0.264 s: on for those launchers;
-- many members unrolled in one program, as launch/sweep.py runs: the demo's model shape with 18 members 388-450
-  ms against 342-361 ms (13-28% slower), and the whole demo sweep (16 members) 2 min 44 s against 2 min 31 s: off.
+Measured, it speeds up programs of one model (launch/train.py, launch/grid_search.py and launch/predict.py apply
+it) and slows down many members unrolled in one program, whose threads then queue on the one arena
+(launch/sweep.py does not). The figures are in docs/performance.md, "Freed-memory reuse".
 """
 import ctypes
 import os

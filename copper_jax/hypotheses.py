@@ -249,7 +249,7 @@ def learned_curve(g_logits_Tm1, lo: float = 0.0, hi: float = 1.0):
 def isotonic_fit(values_T: np.ndarray, weights_T: np.ndarray | None = None) -> np.ndarray:
   """Pool-adjacent-violators: the non-decreasing sequence closest to `values_T` in weighted least squares.
 
-  With the model fixed, this is the best monotone g for the observed per-label mean masks (SCIENCE.md), and so a
+  With the model fixed, this is the best monotone g for the observed per-label mean masks (docs/science.md), and so a
   check on the gradient-learned curve.
   """
   values = np.asarray(values_T, np.float64)

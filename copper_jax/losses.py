@@ -2,7 +2,7 @@
 
 Every loss takes per-image weights `weight_B` (1 for real images, 0 for padding) and returns the weighted sum over
 the batch and the summed weight; divide once, on the host, after summing over batches. The mask's spatial mean
-is a mean of *probabilities* (a proportion), never of log-probabilities (SCIENCE.md).
+is a mean of *probabilities* (a proportion), never of log-probabilities (docs/science.md).
 """
 import jax.numpy as jnp
 import optax

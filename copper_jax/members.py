@@ -3,16 +3,16 @@
 A sweep trains M = K hypotheses x S seeds models side by side. Every member's state carries a leading axis of
 size M; the step of ONE member is written once and lifted here by one of three strategies:
 
-- `vmap`: `jax.vmap` over members. The clean formulation and the fast one on GPUs, but on XLA's CPU backend a
-  vmapped convolution becomes a grouped convolution on a slow generic path (launch/benchmark.py: efficiency
-  0.33 at K=8, i.e. 3x slower than K separate runs).
+- `vmap`: `jax.vmap` over members. The clean formulation, meant for GPUs, but on XLA's CPU backend a vmapped
+  convolution becomes a grouped convolution on a slow generic path, far slower than K separate runs.
 - `unrolled`: the members' steps written one after another inside one jit. XLA keeps each convolution on its
-  fast path, and the program still compiles and dispatches once per step (efficiency 0.96-1.09 at K=8). The
-  CPU default.
+  fast path, and the program still compiles and dispatches once per step, about as fast as K separate runs.
+  The CPU default.
 - `map`: `jax.lax.map` over members in chunks of `chunk` (chunk members vmapped at a time): bounds memory
-  for very large sweeps on accelerators. On CPU, convolutions inside loops are slow (efficiency 0.17).
+  for very large sweeps on accelerators. On CPU, convolutions inside loops are slow.
 
-`auto` picks per backend from what `launch/benchmark.py` measured: `unrolled` on CPU, `vmap` elsewhere.
+`auto` picks per backend from what `launch/benchmark.py` measured: `unrolled` on CPU, `vmap` elsewhere. The
+measured efficiencies are in docs/performance.md, "The members axis".
 """
 from typing import Callable
 
@@ -24,6 +24,33 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from copper_jax.errors import ConfigError
 
 STRATEGIES = ("auto", "vmap", "unrolled", "map")
+
+
+# The members axis is hypothesis-major: member m = k * S + s trains hypothesis k from seed s's initial weights.
+# These helpers are the only place that order is written down.
+def member_index(k: int, s: int, num_seeds: int) -> int:
+  """The member that trains hypothesis k with seed s."""
+  return k * num_seeds + s
+
+
+def member_rows(num_hypotheses: int, num_seeds: int) -> list[tuple[int, int]]:
+  """(hypothesis, seed) of every member, in members-axis order."""
+  return [(k, s) for k in range(num_hypotheses) for s in range(num_seeds)]
+
+
+def hypothesis_members(k: int, num_seeds: int) -> list[int]:
+  """The members of hypothesis k, seed 0 first."""
+  return [member_index(k, s, num_seeds) for s in range(num_seeds)]
+
+
+def seed_of(m: int, num_seeds: int) -> int:
+  """The seed whose initial weights member m starts from."""
+  return m % num_seeds
+
+
+def first_seed(array_M, num_seeds: int):
+  """The seed-0 member of every hypothesis: (K, ...) from an array with a leading members axis (M, ...)."""
+  return array_M[::num_seeds]
 
 
 def resolve_strategy(strategy: str, backend: str | None = None) -> str:

@@ -14,30 +14,30 @@ Outputs under `out_dir`, mirroring the input's sub-folders and file stems:
 import csv
 import functools
 import io
-import json
 import os
 import sys
 
-import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import config_utils, seg_steps, sweep, workdir
+from copper_jax import config_utils, members
+from copper_jax.classifier import program as classifier_program
 from copper_jax.data import folder, prepare
 from copper_jax.errors import CheckpointError, ConfigError, UserError
-from copper_jax.logging_utils import Progress, log
 from copper_jax.models import analysis
+from copper_jax.store import workdir
+from copper_jax.store.logs import Progress, log
+from copper_jax.sweep import program as sweep_program
+from copper_jax.sweep import steps as sweep_steps
+from copper_jax.viz import pixels
 
 SUMMARY_FILE = "summary.csv"
 SKIPPED_FILE = "skipped.txt"
-# 0: whole images, one call each (2.6x faster than 512-pixel tiles on a 960x1280 image, launch/benchmark.py), unless
-# XLA's memory analysis says the whole image would not fit; then tiles of FALLBACK_TILE pixels.
+# 0: whole images, one call each (faster than tiles: no overlap computed twice, docs/performance.md), unless XLA's
+# memory analysis says the whole image would not fit; then tiles of FALLBACK_TILE pixels.
 DEFAULT_TILE = 0
 FALLBACK_TILE = 512
-# Mask overlay: smoothed pixels are tinted towards this colour, up to this weight.
-TINT_RGB = np.array([255.0, 96.0, 0.0], np.float32)
-TINT_WEIGHT = 0.55
 
 
 class Reader:
@@ -51,14 +51,14 @@ class Reader:
 
   def read(self, path: str) -> np.ndarray:
     """(H, W) pixels in the file's native units, info bar kept; raises UserError naming the file."""
-    pixels = folder.read_image(path)
-    if self.mode == "dataset" and pixels.dtype != self.dtype:
+    image = folder.read_image(path)
+    if self.mode == "dataset" and image.dtype != self.dtype:
       # The training mean and std are in the training images' units; another bit depth would be misread.
-      raise UserError(f"{path}: {pixels.dtype} pixels, but the model was trained on {self.dtype} images "
+      raise UserError(f"{path}: {image.dtype} pixels, but the model was trained on {self.dtype} images "
                       f"standardised by the training set; convert the image to {self.dtype}")
-    if self.crop_bottom >= pixels.shape[0]:
-      raise UserError(f"{path}: {pixels.shape[0]} rows, not more than the info bar crop_bottom={self.crop_bottom}")
-    return pixels
+    if self.crop_bottom >= image.shape[0]:
+      raise UserError(f"{path}: {image.shape[0]} rows, not more than the info bar crop_bottom={self.crop_bottom}")
+    return image
 
   def standardise(self, pixels_HxW: np.ndarray) -> np.ndarray:
     """float32 surface (info bar cropped) standardised as in training."""
@@ -124,18 +124,11 @@ def tile_geometry(model_config, tile: int):
   return tile, margin, multiple
 
 
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def _training_data(config, work_dir: str):
-  """The summary of the data the workdir's model was trained on, and stand-ins for its split: the restore needs
-  them, and so does the dataset standardisation."""
+def _training_data(config, work_dir: str) -> prepare.DataSummary:
+  """What the workdir's model needs of its training data: the stress times, image size and standardisation."""
   if not os.path.isdir(os.path.join(work_dir, "checkpoints")):
     raise CheckpointError(f"no checkpoints in {work_dir}: train first (launch/sweep.py or launch/train.py)")
-  summary = prepare.load_summary(config, work_dir)
-  return summary, summary.split()
+  return prepare.load_summary(config, work_dir)
 
 
 class SweepPredictor:
@@ -144,23 +137,22 @@ class SweepPredictor:
   def __init__(self, work_dir: str, member: str | None = None, seed: int = 0, tile: int = DEFAULT_TILE):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
-    data, split = _training_data(config, work_dir)
-    program, _, hyps, rows, _, meta = sweep.build(config, data, split)
-    names = [h.name for h in hyps]
+    data = _training_data(config, work_dir)
+    sweep = sweep_program.build(config, data)
+    names = [h.name for h in sweep.hypotheses]
     if member is None:
-      summary_path = os.path.join(work_dir, "sweep.json")
-      if not os.path.exists(summary_path) or not _read_json(summary_path)["ranking"]:
+      ranking = workdir.read_json(os.path.join(work_dir, "sweep.json"), {}).get("ranking")
+      if not ranking:
         raise UserError(f"{work_dir} has no ranking (sweep.json) yet: pass --member, one of {', '.join(names)}")
-      member = _read_json(summary_path)["ranking"][0]
+      member = ranking[0]
     if member not in names:
       raise UserError(f"--member={member!r} is not a hypothesis of {work_dir}; use one of {', '.join(names)}")
     if not 0 <= seed < config.num_seeds:
       raise UserError(f"--seed={seed}: {work_dir} trained seeds 0..{config.num_seeds - 1}")
-    states, self.step = sweep.restore(config, work_dir, program, meta)
+    states, self.step = sweep_program.restore(work_dir, sweep)
     if states is None:
       raise CheckpointError(f"no checkpoint in {work_dir}/checkpoints: train first with launch/sweep.py")
-    m = rows.index((names.index(member), seed))
-    self.state = jax.tree.map(lambda x: x[m], states)
+    self.state = members.member_slice(states, members.member_index(names.index(member), seed, config.num_seeds))
     if bool(self.state.diverged):
       raise UserError(f"member {member} seed {seed} diverged in training; choose another --member or --seed")
     self.member, self.seed = member, seed
@@ -170,8 +162,8 @@ class SweepPredictor:
     self.fallback_tile = 0
     if self.tile == 0 and config.model.norm != "group":
       self.fallback_tile = tile_geometry(config.model, max(FALLBACK_TILE, 2 * self.margin + self.multiple))[0]
-    model = program.model
-    self._predict = jax.jit(lambda state, image: seg_steps.predict_masks(state, {"image": image}, model=model))
+    model = sweep.program.model
+    self._predict = jax.jit(lambda state, image: sweep_steps.predict_masks(state, {"image": image}, model=model))
     self._compiled = {}  # input shape -> executable: the whole-image memory check and the call share one compile
 
   def _executable(self, shape):
@@ -209,13 +201,12 @@ class ClassifierPredictor:
   """
 
   def __init__(self, work_dir: str):
-    from copper_jax import classifier
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
-    data, split = _training_data(config, work_dir)
-    total = config_utils.total_steps(config.train, len(split["train"]))
-    program = classifier.ClassifierProgram(config, data.num_classes, total)
-    self.state, info = classifier.restore_for_eval(config, work_dir, data, split, program, config.eval.checkpoint)
+    data = _training_data(config, work_dir)
+    program = classifier_program.ClassifierProgram(config, data.num_classes, None)
+    self.state, info = classifier_program.restore_for_eval(config, work_dir, data, data.split_sizes.get("val", 0) > 0, program,
+                                                           config.eval.checkpoint)
     self.step = info["step"]
     self.stress_times = data.stress_times
     self.reader = Reader(config, data)
@@ -232,43 +223,26 @@ class ClassifierPredictor:
 
 
 def _logits_and_cam(model, state, image_1xHxWx1):
-  """Logits (K,) of one image and the class map of its predicted class upsampled to the image (H, W): a cell of
-  the final feature grid covers 2^d pixels a side; rows and columns the poolings dropped take the nearest value."""
+  """Logits (K,) of one image and the class map of its predicted class brought to the image (H, W)."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   logits_K = model.apply(variables, image_1xHxWx1, train=False)[0]
-  cam_hxw = analysis.class_activation_maps(model, variables, image_1xHxWx1)[0, ..., jnp.argmax(logits_K)]
+  cam_1xhxwxK = analysis.class_activation_maps(model, variables, image_1xHxWx1)
+  cam_1xhxwx1 = jax.lax.dynamic_slice_in_dim(cam_1xhxwxK, jnp.argmax(logits_K), 1, axis=-1)
   _, H, W, _ = image_1xHxWx1.shape
-  h, w = cam_hxw.shape
-  scale = 2 ** model.d
-  cam_up = jax.image.resize(cam_hxw, (h * scale, w * scale), "linear")
-  return logits_K, jnp.pad(cam_up, ((0, H - h * scale), (0, W - w * scale)), mode="edge")
+  return logits_K, analysis.upsample_maps(cam_1xhxwx1, H, W, model.d)[0, ..., 0]
 
 
-def display_gray(pixels_HxW: np.ndarray) -> np.ndarray:
-  """uint8 (H, W) for viewing: the 0.5 and 99.5 percentiles stretched to black and white, any bit depth."""
-  lo, hi = np.percentile(pixels_HxW, [0.5, 99.5])
-  scaled = (pixels_HxW.astype(np.float32) - lo) / max(hi - lo, 1e-6)
-  return np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)
-
-
-def mask_overlay(gray_HxW: np.ndarray, mask_HxW: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3): the gray image tinted orange where the mask says smoothed, in proportion to the mask."""
-  weight = (TINT_WEIGHT * mask_HxW)[..., None]
-  rgb = (1.0 - weight) * gray_HxW[..., None].astype(np.float32) + weight * TINT_RGB
-  return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def cam_overlay(gray_HxW: np.ndarray, cam_HxW: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3): the gray image under the class map on a symmetric red (for) / blue (against) scale."""
-  from matplotlib import colormaps
-  limit = max(float(np.abs(cam_HxW).max()), 1e-6)
-  colour = colormaps["RdBu_r"]((cam_HxW / limit + 1.0) / 2.0)[..., :3] * 255.0
-  rgb = 0.45 * gray_HxW[..., None].astype(np.float32) + 0.55 * colour
-  return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-  return iio.imwrite("<bytes>", pixels, extension=".png")
+def classifier_cams(classifier_dir: str, paths) -> dict:
+  """{position in `paths`: (uint8 RGB CAM overlay, caption)} of a classifier workdir's predicted stress time."""
+  model = ClassifierPredictor(classifier_dir)
+  out = {}
+  for j, path in enumerate(paths):
+    image = model.reader.read(path)
+    prob, cam = model.classify(image)
+    gray = pixels.display_gray(image)[:cam.shape[0]]
+    k = int(prob.argmax())
+    out[j] = (pixels.cam_overlay(gray, cam), f"classifier: t={model.stress_times[k]:g} (p={prob[k]:.2f})")
+  return out
 
 
 def find_images(paths, out_dir: str) -> list:
@@ -348,26 +322,26 @@ def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed
         skipped.append(f"{file}: same output name {stem} as {taken[key]}; rename one of them")
         continue
       try:
-        pixels = model.reader.read(file)
+        image = model.reader.read(file)
       except UserError as e:
         skipped.append(str(e))
         continue
       taken[key] = file
       target = os.path.join(out_dir, stem)
       os.makedirs(os.path.dirname(target), exist_ok=True)
-      gray = display_gray(pixels)
-      H, W = pixels.shape
+      gray = pixels.display_gray(image)
+      H, W = image.shape
       if kind == "sweep":
-        mask = model.mask(pixels)
+        mask = model.mask(image)
         smoothed = float(mask[:H - model.reader.crop_bottom].mean(dtype=np.float64))
         _save_npy(target + ".npy", mask)
-        workdir.atomic_write_bytes(target + "_overlay.png", png_bytes(mask_overlay(gray, mask)))
+        workdir.atomic_write_bytes(target + "_overlay.png", pixels.png_bytes(pixels.mask_overlay(gray, mask)))
         rows.append([file, stem, H, W, f"{smoothed:.6f}", f"{1.0 - smoothed:.6f}", model.member, model.seed,
                      model.step])
       else:
-        prob, cam = model.classify(pixels)
-        shown = cam_overlay(gray[:cam.shape[0]], cam)
-        workdir.atomic_write_bytes(target + "_cam.png", png_bytes(shown))
+        prob, cam = model.classify(image)
+        shown = pixels.cam_overlay(gray[:cam.shape[0]], cam)
+        workdir.atomic_write_bytes(target + "_cam.png", pixels.png_bytes(shown))
         rows.append([file, stem, H, W, f"{model.stress_times[int(prob.argmax())]:g}"]
                     + [f"{p:.6f}" for p in prob] + [model.step])
       _write_csv(os.path.join(out_dir, SUMMARY_FILE), header, rows)

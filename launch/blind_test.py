@@ -19,8 +19,8 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors, the address and t
 
 def main(argv):
   del argv
-  from copper_jax import blind_test
-  server = blind_test.serve(_WORKDIR.value, _PORT.value, _EXPERT.value, quiet=_QUIET.value)
+  from copper_jax import expert_study
+  server = expert_study.serve(_WORKDIR.value, _PORT.value, _EXPERT.value, quiet=_QUIET.value)
   query = f"?expert={_EXPERT.value}" if _EXPERT.value else ""
   print(f"blind test: open http://127.0.0.1:{server.server_port}/{query} (Ctrl-C to stop)", flush=True)
   try:
@@ -30,13 +30,13 @@ def main(argv):
   finally:
     server.shutdown()
     server.server_close()
-  results = blind_test.expert_results(_WORKDIR.value)
+  results = expert_study.expert_results(_WORKDIR.value)
   if not results["experts"]:
     print("no answers yet")
     return
   for name, expert in sorted(results["experts"].items()):
-    print(blind_test.headline(name, expert))
-  print(f"results: {_WORKDIR.value}/{blind_test.FOLDER}/{blind_test.RESULTS_FILE}")
+    print(expert_study.headline(name, expert))
+  print(f"results: {_WORKDIR.value}/{expert_study.FOLDER}/{expert_study.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

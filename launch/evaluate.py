@@ -4,9 +4,8 @@
 
 A classifier workdir gets results.json, confusion.png, per_label.png (of --split) rewritten and, with --cam=N,
 class activation maps of N images of that split in WORKDIR/cam/. A sweep workdir (config.json with
-"hypotheses") is evaluated by copper_jax.sweep.evaluate_sweep.
+"hypotheses") is evaluated by copper_jax.sweep.run.evaluate_sweep.
 """
-import importlib.util
 import os
 
 from absl import flags
@@ -23,36 +22,31 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", None, ["best", "latest"],
 _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line.")
 
 
-def _default_classifier_config(preset: str):
-  """configs/classifier.py's preset, the reference a saved config.json must match key for key."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "classifier.py")
-  spec = importlib.util.spec_from_file_location("classifier_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset if preset in module.PRESETS else "demo")
-
-
 def main(argv):
   del argv
-  from copper_jax import config_utils, workdir
+  from copper_jax import config_utils
   from copper_jax.errors import UserError
+  from copper_jax.store import workdir
   config = workdir.load_config(_WORKDIR.value)
   if "hypotheses" in config:
-    from copper_jax import sweep
-    sweep.evaluate_sweep(config, _WORKDIR.value, _SPLIT.value, _QUIET.value)
+    from copper_jax.sweep import run as sweep_run
+    sweep_run.evaluate_sweep(config, _WORKDIR.value, _QUIET.value)
     print(f"report: {_WORKDIR.value}/report.html")
     return
   if "grid" in config:
     raise UserError(f"{_WORKDIR.value} is a grid search: evaluate one of its points, "
                     f"--workdir={os.path.join(_WORKDIR.value, 'points', '<c>_<d>_<n>_<N>')}")
-  from copper_jax import classifier
-  reference = _default_classifier_config(config.get("preset", "demo"))
+  from configs import classifier as classifier_configs
+  from copper_jax.classifier import run as classifier_run
+  # configs/classifier.py's preset is the reference a saved config.json must match key for key.
+  preset = config.get("preset", "demo")
+  reference = classifier_configs.get_config(preset if preset in classifier_configs.PRESETS else "demo")
   reference.data.split = config.data.split  # split names and sizes are the user's choice
   config_utils.check_keys(config, reference)
-  results = classifier.evaluate_classifier(config, _WORKDIR.value, _SPLIT.value, quiet=_QUIET.value,
-                                           num_cam=_CAM.value, which=_CHECKPOINT.value)
+  results = classifier_run.evaluate_classifier(config, _WORKDIR.value, _SPLIT.value, quiet=_QUIET.value,
+                                               num_cam=_CAM.value, which=_CHECKPOINT.value)
   if _QUIET.value:
-    print(classifier.headline(results, results["figures"]["split"]))
+    print(classifier_run.headline(results, results["figures"]["split"]))
   print(f"results: {_WORKDIR.value}/results.json")
 
 

@@ -17,7 +17,7 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors and the final line
 
 def main(argv):
   del argv
-  from copper_jax import grid_search
+  from copper_jax.classifier import grid_search
   grid = grid_search.run_grid(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   if _QUIET.value:
     print(grid_search.headline(grid))

@@ -18,8 +18,8 @@ def main(argv):
   from copper_jax import determinism
   # Before anything runs on a device: XLA reads its flags once, when JAX starts its backends.
   determinism.configure(_CONFIG.value.deterministic)
-  from copper_jax import sweep
-  sweep.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  from copper_jax.sweep import run
+  run.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   print(f"report: {_WORKDIR.value}/report.html")
 
 

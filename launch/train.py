@@ -18,10 +18,10 @@ def main(argv):
   from copper_jax import determinism
   # Before anything runs on a device: XLA reads its flags once, when JAX starts its backends.
   determinism.configure(_CONFIG.value.deterministic)
-  from copper_jax import classifier
-  results = classifier.train_and_evaluate(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  from copper_jax.classifier import run
+  results = run.train_and_evaluate(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   if _QUIET.value:
-    print(classifier.headline(results, results["figures"]["split"]))
+    print(run.headline(results, results["figures"]["split"]))
   print(f"results: {_WORKDIR.value}/results.json")
 
 

@@ -10,6 +10,6 @@ import pytest
 def smoke_sweep(tmp_path_factory):
   """One finished smoke sweep shared by the tests that only read it: (workdir, summary)."""
   from configs import sweep as sweep_configs
-  from copper_jax import sweep
+  from copper_jax.sweep import run as sweep
   work_dir = str(tmp_path_factory.mktemp("smoke_sweep"))
   return work_dir, sweep.run_sweep(sweep_configs.get_config("smoke"), work_dir, quiet=True)

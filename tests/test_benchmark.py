@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from copper_jax import benchmark
-from copper_jax.models import conv, layers
+from benchmarks import benchmark, conv
+from copper_jax.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATS = {"median", "min", "max", "n"}
@@ -118,3 +118,77 @@ def test_upsample_gradient_equals_image_resize():
       layers.upsample_bilinear_2x, lambda x: jax.image.resize(x, (2, 10, 14, 3), "bilinear")))
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ours_grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the PyTorch twins (benchmarks/torch_nets.py): these need an interpreter with torch, so they skip without one
+
+
+def _torch_python() -> str:
+  """$COPPER_JAX_TORCH_PYTHON (a venv with torch and numpy, as launch/benchmark.py's --torch_python), else this
+  interpreter when it has torch; skips otherwise (the project itself does not depend on torch)."""
+  python = os.environ.get("COPPER_JAX_TORCH_PYTHON")
+  if python:
+    return python
+  pytest.importorskip("torch")
+  return sys.executable
+
+
+def test_torch_worker_answers_and_its_twins_have_our_parameter_counts():
+  from copper_jax.models import describe
+  worker = benchmark.TorchWorker(_torch_python(), reuse_memory=True)
+  try:
+    assert worker.info["torch"] and worker.info["threads"] >= 1
+    # the paper-scale default (14,448 and 28,209 parameters) and a second shape
+    for c, d, n, N in ((16, 3, 2, 1), (8, 2, 1, 2)):
+      for kind in ("classifier", "segmentation"):
+        item = worker.item(f"{kind}_{c}", "train", kind=kind, c=c, d=d, n=n, N=N, batch=2, patch=2 ** d * 2)
+        assert item.info["params"] == describe(kind, c, d, n, N, benchmark.NUM_CLASSES)["params"]
+        assert item.info["first_s"] > 0 and item.run(2) > 0
+      infer = worker.item(f"infer_{c}", "infer", c=c, d=d, n=n, N=N, height=20, width=28)
+      assert infer.info["params"] == describe("segmentation", c, d, n, N)["params"] and infer.run(1) > 0
+    assert describe("classifier", 16, 3, 2, 1, 16)["params"] == 14448
+    assert describe("segmentation", 16, 3, 2, 1)["params"] == 28209
+    conv_pass = worker.item("conv", "conv", batch=2, size=8, c=4, which="weight_grad")
+    assert conv_pass.run(3) > 0
+    # a bad request is reported, and the worker goes on
+    with pytest.raises(RuntimeError, match="PyTorch worker: ValueError"):
+      worker.request({"op": "train", "id": 99, "args": {"kind": "resnet", "c": 4, "d": 1, "n": 1, "N": 1,
+                                                        "batch": 1, "patch": 4}})
+    assert worker.request({"op": "hello"}) == worker.info
+  finally:
+    worker.close()
+
+
+@pytest.mark.parametrize("kind,norm,height,width", [("classifier", "batch", 20, 28),
+                                                    ("segmentation", "batch", 13, 18),
+                                                    ("segmentation", "group", 16, 11)])
+def test_torch_twins_compute_our_outputs_from_our_weights(tmp_path, kind, norm, height, width):
+  """The twins are the same nets: with our weights (and BatchNorm statistics) they give our outputs, on sizes
+  that exercise the reflect padding and the odd-sized poolings."""
+  import flax
+  from copper_jax.models import ResNetClassifier, SegmentationNet
+  python = _torch_python()
+  c, d, n, N, num_classes = 6, 2, 2, 1, 5
+  model = (ResNetClassifier(c, d, n, N, num_classes, norm=norm) if kind == "classifier"
+           else SegmentationNet(c, d, n, N, norm=norm))
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(2, height, width, 1)).astype(np.float32)
+  variables = flax.traverse_util.flatten_dict(jax.device_get(model.init(jax.random.key(0), image, False)), sep="/")
+  # generic values everywhere: a nonzero head, scales and biases off 1 and 0, running statistics off 0 and 1
+  variables = {key: (np.abs(value) + rng.uniform(0.5, 1.5, value.shape) if key.endswith("var")
+                     else value + 0.3 * rng.normal(size=value.shape)).astype(np.float32)
+               for key, value in variables.items()}
+  ours = model.apply(flax.traverse_util.unflatten_dict(variables, sep="/"), image, False,
+                     **({} if kind == "classifier" else {"method": SegmentationNet.mask_logits}))
+  np.savez(tmp_path / "in.npz", kind=kind, c=c, d=d, n=n, N=N, num_classes=num_classes, norm=norm, image=image,
+           **variables)
+  run = subprocess.run([python, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import torch_nets; "
+                        "torch_nets.forward_npz(sys.argv[2], sys.argv[3])", os.path.join(ROOT, "benchmarks"),
+                        str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr
+  with np.load(tmp_path / "out.npz") as theirs:
+    np.testing.assert_allclose(theirs["logits" if kind == "classifier" else "mask_logits"], ours, rtol=1e-4,
+                               atol=1e-5)
+    assert int(theirs["params"]) == sum(v.size for k, v in variables.items() if k.startswith("params/"))

@@ -16,7 +16,7 @@ import optax
 import pytest
 from orbax.checkpoint._src.path import atomicity
 
-from copper_jax.checkpoint import Checkpointer, config_fingerprint
+from copper_jax.store.checkpoint import Checkpointer, config_fingerprint
 from copper_jax.errors import CheckpointError
 
 FINGERPRINT_KEYS = ["model.c", "hypotheses"]
@@ -201,7 +201,7 @@ def test_failure_before_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
 _SAVER = textwrap.dedent("""
     import sys
     import numpy as np
-    from copper_jax.checkpoint import Checkpointer
+    from copper_jax.store.checkpoint import Checkpointer
     ckpt = Checkpointer(sys.argv[1])
     for step in range(1, 10_000):
       state = {"step": np.array(step, np.int32), "huge": np.full((1 << 20,), step, np.float32)}

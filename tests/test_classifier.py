@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from copper_jax import checkpoint, classifier, workdir
+from copper_jax.classifier import program as classifier_program
+from copper_jax.classifier import run as classifier
+from copper_jax.store import checkpoint, workdir
 from copper_jax.data import synthetic
 from copper_jax.errors import CheckpointError, ConfigError
-from copper_jax.sweep import prepare_data
+from copper_jax.data.prepare import prepare_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +56,7 @@ def test_every_preset_loads_and_a_bad_one_names_the_choices(name):
   for preset in module.PRESETS:
     config = module.get_config(preset)
     config.lock()
-    classifier.validate_config(config)
+    classifier_program.validate_config(config)
     with pytest.raises(AttributeError):
       config.train.num_epoch = 3  # a misspelt override fails on a locked config
   with pytest.raises(ValueError, match="unknown preset 'bogus'.*smoke, demo, paper"):
@@ -72,7 +74,7 @@ def test_validate_config_names_the_key():
   config = load_config_module("classifier").get_config("smoke")
   config.eval.checkpoint = "newest"
   with pytest.raises(ConfigError, match=r"config.eval.checkpoint='newest'"):
-    classifier.validate_config(config)
+    classifier_program.validate_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def program():
   """One compiled program shared by the step tests: the smoke net, 4 classes, batches of four 32x32 patches."""
   config = load_config_module("classifier").get_config("smoke")
   config.train.update(patch_size=32, batch_size=4)
-  return classifier.ClassifierProgram(config, 4, 10)
+  return classifier_program.ClassifierProgram(config, 4, 10)
 
 
 def _batch(batch_size=4, size=32):
@@ -191,10 +193,10 @@ def test_training_another_architecture_in_a_used_workdir_fails(trained, tmp_path
 
 def _train_only(config, work):
   dataset, split = prepare_data(config, work)
-  classifier.train(config, work, dataset, split, quiet=True)
-  program = classifier.ClassifierProgram(config, dataset.num_classes, 1)
-  restore = classifier.restore_for_eval
-  state, _ = restore(config, work, dataset, split, program, "latest")
+  total = config.train.num_steps
+  program = classifier_program.ClassifierProgram(config, dataset.num_classes, total)
+  classifier.train(config, work, dataset, split, program, quiet=True)
+  state, _ = classifier_program.restore_for_eval(config, work, dataset, len(split["val"]) > 0, program, "latest")
   return state
 
 

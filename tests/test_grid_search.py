@@ -7,7 +7,7 @@ import os
 import ml_collections
 import pytest
 
-from copper_jax import grid_search
+from copper_jax.classifier import grid_search
 from copper_jax.data import synthetic
 from copper_jax.errors import ConfigError
 

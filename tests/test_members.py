@@ -12,7 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from copper_jax import members, seg_steps
+from copper_jax import members
+from copper_jax.sweep import steps as seg_steps
 from copper_jax.models import make_model
 
 MODEL = ml_collections.ConfigDict({"c": 4, "d": 1, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})

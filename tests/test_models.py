@@ -96,7 +96,7 @@ def test_param_count_formula(norm, c, d, n, N):
   assert param_count(seg_params) == stem + 2 * d * N * n * unit + c + 1
 
 
-def test_describe_matches_torch_reference_counts():
+  # The same counts as the PyTorch twin in benchmarks/torch_nets.py (c=16, d=3, n=2, N=1, 16 classes).
   # Counts from the PyTorch reference at its default size (c=16, d=3, n=2, N=1, 16 classes).
   assert describe("classifier", 16, 3, 2, 1, num_classes=16) == {
       "kind": "classifier", "depth": 7, "params": 14448, "receptive_field": 38}

@@ -13,7 +13,12 @@ import pytest
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
-from copper_jax import classifier, predict, sweep, workdir
+from copper_jax import members, predict
+from copper_jax.classifier import run as classifier
+from copper_jax.data.prepare import prepare_data
+from copper_jax.store import workdir
+from copper_jax.sweep import program as sweep_program
+from copper_jax.sweep import run as sweep
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.models import SegmentationNet, receptive_field
 
@@ -86,12 +91,12 @@ def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
   leader = summary["ranking"][0]
   # The same member through the sweep's own evaluation path: the masks must agree to float precision.
   config = workdir.load_config(work_dir)
-  dataset, split = sweep.prepare_data(config, work_dir)
-  program, member_arrays, hyps, rows, _, meta = sweep.build(config, dataset, split)
-  states, _ = sweep.restore(config, work_dir, program, meta)
+  dataset, _ = prepare_data(config, work_dir)
+  built = sweep_program.build(config, dataset)
+  states, _ = sweep_program.restore(work_dir, built)
   index = [dataset.paths.index(p) for p in rel]
-  masks = sweep.overlay_masks(program, states, member_arrays, dataset, index, 4)
-  m = rows.index(([h.name for h in hyps].index(leader), 0))
+  masks = sweep.overlay_masks(built, states, dataset, index, 4)
+  m = members.member_index([h.name for h in built.hypotheses].index(leader), 0, config.num_seeds)
   for j, p in enumerate(rel):
     stem = os.path.splitext(p)[0]
     mask = np.load(out / f"{stem}.npy")
@@ -210,7 +215,7 @@ def test_predict_needs_only_the_summary_of_the_training_data(smoke, tmp_path):
   work_dir, _ = smoke
   files, _ = _test_files(work_dir)
   config = workdir.load_config(work_dir)
-  dataset, split = sweep.prepare_data(config, work_dir)
+  dataset, split = prepare_data(config, work_dir)
   saved = prepare.load_summary(config, work_dir)
   assert os.path.exists(os.path.join(work_dir, prepare.SUMMARY_FILE))
   expected = prepare.DataSummary.of(dataset, split)

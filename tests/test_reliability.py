@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from configs import sweep as sweep_configs
-from copper_jax import sweep
+from copper_jax.sweep import program as sweep_program
+from copper_jax.sweep import run as sweep
 from tests.reliability_helpers import (ROOT, Launch, assert_same_arrays, checkpoint_steps, json_files_are_whole,
                                        launcher_env, metric_steps, png_claiming, saved_arrays, saving_now, strict_json,
                                        text)
@@ -246,15 +247,15 @@ def test_a_diverging_member_is_marked_and_the_others_go_on(reference, tmp_path, 
   Tables from configs are validated, so the broken member is made through the library: `member_table` is
   patched to give member 1 (power(gamma=0.5), the only seed) targets of 1e30, whose squared error overflows.
   """
-  make_table = sweep.member_table
+  make_table = sweep_program.member_table
 
-  def with_a_broken_member(config, hyps, tau_T):
-    table, rows, targets_KxT = make_table(config, hyps, tau_T)
+  def with_a_broken_member(hyps, num_seeds, tau_T):
+    table = make_table(hyps, num_seeds, tau_T)
     table["targets"] = table["targets"].copy()
     table["targets"][1] = 1e30
-    return table, rows, targets_KxT
+    return table
 
-  monkeypatch.setattr(sweep, "member_table", with_a_broken_member)
+  monkeypatch.setattr(sweep_program, "member_table", with_a_broken_member)
   config = sweep_configs.get_config("smoke")
   config.train.num_steps, config.train.checkpoint_every = STEPS, EVERY
   config.data.root = os.path.join(reference, "data")  # the reference's images, so the others can be compared

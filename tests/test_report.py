@@ -9,7 +9,14 @@ import pytest
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
-from copper_jax import classifier, report, sweep, sweep_results, workdir
+from copper_jax.classifier import run as classifier
+from copper_jax.data.prepare import prepare_data
+from copper_jax.data.splits import pick_overlay_images
+from copper_jax.store import workdir
+from copper_jax.sweep import program as sweep_program
+from copper_jax.sweep import results as sweep_results
+from copper_jax.sweep import run as sweep
+from copper_jax.viz import report
 from tests.browser import Browser, require_chromium
 
 SCREENSHOT = "report_screenshot.png"
@@ -18,11 +25,11 @@ SCREENSHOT = "report_screenshot.png"
 def _save_overlays(work_dir, summary):
   """What the end of a sweep does for the mask viewer: the held-out images' masks through the sweep's program."""
   config = workdir.load_config(work_dir)
-  dataset, split = sweep.prepare_data(config, work_dir)
-  program, member_arrays, _, _, _, meta = sweep.build(config, dataset, split)
-  states, _ = sweep.restore(config, work_dir, program, meta)
-  chosen = sweep_results.pick_overlay_images(dataset.labels, split["test"], config.eval.num_overlays)
-  masks = sweep.overlay_masks(program, states, member_arrays, dataset, chosen, config.eval.batch_size)
+  dataset, split = prepare_data(config, work_dir)
+  built = sweep_program.build(config, dataset)
+  states, _ = sweep_program.restore(work_dir, built)
+  chosen = pick_overlay_images(dataset.labels, split["test"], config.eval.num_overlays)
+  masks = sweep.overlay_masks(built, states, dataset, chosen, config.eval.batch_size)
   report.save_overlays(work_dir, summary, dataset, chosen, masks)
   return dataset, chosen, masks
 
@@ -58,7 +65,7 @@ def test_without_overlays_the_report_shows_the_static_figure(runs, tmp_path):
 def test_report_is_complete_and_self_contained(runs):
   sweep_dir, summary, clf_dir = runs
   dataset, chosen, masks = _save_overlays(sweep_dir, summary)
-  page = open(report.write_sweep_report(sweep_dir, summary, classifier_dir=clf_dir)).read()
+  page = open(sweep.write_report(sweep_dir, summary, classifier_dir=clf_dir)).read()
   assert _external_references(page) == []
   assert "Content-Security-Policy" in page  # the browser itself refuses any network request
   for text in (summary["verdict"], sweep_results.WHAT_THE_MASK_IS, "Figure 10", "Figure 9",
@@ -80,7 +87,7 @@ def test_report_renders_in_chromium_and_the_slider_works(runs, tmp_path):
   sweep_dir, summary, clf_dir = runs
   if not os.path.exists(os.path.join(sweep_dir, report.OVERLAYS_FILE)):
     _save_overlays(sweep_dir, summary)
-  path = report.write_sweep_report(sweep_dir, summary, classifier_dir=clf_dir)
+  path = sweep.write_report(sweep_dir, summary, classifier_dir=clf_dir)
   with Browser(width=1200, height=3000) as browser:
     browser.open(f"file://{path}")
     assert browser.eval("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
@@ -116,5 +123,5 @@ def test_a_broken_classifier_workdir_leaves_a_note_not_a_crash(runs, tmp_path):
     _save_overlays(sweep_dir, summary)
   copy = tmp_path / "sweep"
   shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "data"))
-  page = open(report.write_sweep_report(str(copy), summary, classifier_dir=str(tmp_path / "nothing"))).read()
+  page = open(sweep.write_report(str(copy), summary, classifier_dir=str(tmp_path / "nothing"))).read()
   assert "No class activation maps" in page and "No classifier results" in page

@@ -1,4 +1,4 @@
-"""The method itself, on synthetic data with a known answer (SCIENCE.md).
+"""The method itself, on synthetic data with a known answer (docs/science.md).
 
 With the true f among well separated rivals and a local model (small receptive field), the sweep must rank the
 true f first with its interval clear of the others, and its masks must localise the smoothed regions far
@@ -7,7 +7,7 @@ better than a constant mask. Slow (about a minute on 2 cores): it trains 10 mode
 import pytest
 
 from configs import sweep as sweep_configs
-from copper_jax import sweep
+from copper_jax.sweep import run as sweep
 
 
 @pytest.mark.slow

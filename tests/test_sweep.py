@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import sweep as sweep_configs
-from copper_jax import sweep
+from copper_jax.sweep import run as sweep
 from copper_jax.errors import CheckpointError, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,3 +104,37 @@ def test_launcher_reports_a_misspelt_override_in_one_line(tmp_path):
        "--config.train.batch_sise=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "batch_sise" in result.stderr
+
+
+# Recorded from the first run of the test below (jax 0.10.2, CPU); a change means the sweep's step changed.
+GOLDEN_PARAM_SUMS = [17.229340, 7.821065, 17.229340, 7.821065, 17.219341, 7.811065]
+
+
+def test_golden_one_step_through_the_sweeps_own_train_step():
+  """One step of the lifted, jitted program the sweep trains with: 3 hypotheses x 2 seeds on a fixed batch."""
+  import types
+
+  import jax
+  import jax.numpy as jnp
+
+  from copper_jax.sweep import program
+  config = sweep_configs.get_config("smoke")
+  config.hypotheses = ("linear", "power(gamma=2)", "learned")
+  config.num_seeds = 2
+  config.model.update({"c": 4, "d": 2, "n": 1, "N": 1})
+  config.train.patch_size = 16
+  data = types.SimpleNamespace(num_classes=4, tau=np.linspace(0, 1, 4), stress_times=np.arange(4.0))
+  sweep = program.build(config, data, num_train_images=8)
+  states = sweep.program.init_states()
+  batch = {"image": jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 1), dtype=np.float32)),
+           "label": jnp.asarray([1, 3], jnp.int32)}
+  states, metrics = sweep.program.train_step(states, sweep.member_arrays, batch)
+  # The zero-initialised head starts every mask at 0.5: the loss is sum over the batch of (0.5 - g(tau))^2, with
+  # the learned curve starting linear.
+  linear = (0.5 - 1 / 3) ** 2 + (0.5 - 1) ** 2
+  square = (0.5 - 1 / 9) ** 2 + (0.5 - 1) ** 2
+  np.testing.assert_allclose(metrics["loss_sum"], [linear, linear, square, square, linear, linear], rtol=1e-6)
+  sums = [float(sum(jnp.sum(p) for p in jax.tree.leaves(jax.tree.map(lambda x: x[m], states.params))))
+          for m in range(6)]
+  np.testing.assert_allclose(sums, GOLDEN_PARAM_SUMS, rtol=1e-5)
+  assert int(states.step[0]) == 1 and not bool(states.diverged.any())

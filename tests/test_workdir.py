@@ -9,7 +9,7 @@ import textwrap
 import ml_collections
 import pytest
 
-from copper_jax import workdir
+from copper_jax.store import workdir
 from copper_jax.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_atomic_writes_replace_content_and_keep_mode(tmp_path):
 
 _HOLDER = textwrap.dedent("""
     import sys
-    from copper_jax.workdir import WorkdirLock
+    from copper_jax.store.workdir import WorkdirLock
     with WorkdirLock(sys.argv[1]):
       print("locked", flush=True)
       sys.stdin.readline()

@@ -6,10 +6,10 @@ import os
 import ml_collections
 import numpy as np
 
-from copper_jax import workdir
+from copper_jax.store import workdir
 from copper_jax.data import folder, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
-from copper_jax.logging_utils import log
+from copper_jax.store.logs import log
 
 SUMMARY_FILE = "data_summary.json"
 
@@ -26,7 +26,7 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
   # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
   # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by
-  # a function of f(t), a global cue a local model could read (SCIENCE.md, "Why the ranking can work").
+  # a function of f(t), a global cue a local model could read (docs/science.md, "Why the ranking can work").
   data.standardise = "dataset"
   data.split = ml_collections.ConfigDict(split)
   data.synthetic = ml_collections.ConfigDict()
@@ -105,10 +105,6 @@ class DataSummary:
   @property
   def tau(self) -> np.ndarray:
     return folder.normalised_times(self.stress_times)
-
-  def split(self) -> dict:
-    """Stand-ins for the split's lists, for code that only counts them (a model's step count)."""
-    return {name: range(size) for name, size in self.split_sizes.items()}
 
   @classmethod
   def of(cls, dataset, split: dict) -> "DataSummary":

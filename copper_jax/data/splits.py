@@ -150,3 +150,12 @@ def _write_new(path: str, content: dict) -> bool:
   finally:
     if tmp is not None and os.path.exists(tmp):
       os.remove(tmp)
+
+
+def pick_overlay_images(labels_N, held_out_idx, count):
+  """Up to `count` held-out images spread evenly over the labels (low to high stress time)."""
+  held_out_idx = np.asarray(held_out_idx)
+  order = held_out_idx[np.argsort(labels_N[held_out_idx], kind="stable")]
+  if count >= len(order):
+    return order
+  return order[np.round(np.linspace(0, len(order) - 1, count)).astype(int)]

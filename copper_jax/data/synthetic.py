@@ -3,7 +3,7 @@
 Each image renders a height field: etched nodular relief (rough, high adhesion) and the same relief attenuated and
 low-passed (smoothed, low adhesion) inside random blobs. Per label the blobs cover exactly `round(f * pixels)`
 surface pixels, with `f = f_true(tau)` and `tau = stress_time / max stress_time`. The renderer follows the
-secondary-electron physics in SCIENCE.md: yield `sqrt(1 + |grad h|^2)` (1/cos of the tilt, also the local area
+secondary-electron physics in docs/science.md: yield `sqrt(1 + |grad h|^2)` (1/cos of the tilt, also the local area
 factor in Sdr), a brighter edge on convex curvature, Gaussian beam blur and Poisson shot noise.
 
 The two regions are mixed through their slopes and curvatures, never their heights, so no step (bright rim) marks a
@@ -28,6 +28,7 @@ import numpy as np
 
 import copper_jax
 from copper_jax.errors import ConfigError
+from copper_jax.store import workdir
 
 # Monotone shapes with f(0)=0 and f(1)=1; `f_true_values` scales them to [f_min, f_max].
 F_TRUE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -307,12 +308,9 @@ def _plan(preset: str, f_true: str, seed: int, confounded: bool, overrides: dict
   )
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  """Write `data` so `path` is either absent or complete, even if the run is killed."""
-  tmp = path + ".partial"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+def _write_regenerable(path: str, data: bytes) -> None:
+  # Complete or absent even if the run is killed; no fsync, since a lost file is simply generated again.
+  workdir.atomic_write_bytes(path, data, durable=False)
 
 
 def _render_and_write(out_dir: str, seed: int, label: int, index: int, folder: str, name: str,
@@ -320,20 +318,9 @@ def _render_and_write(out_dir: str, seed: int, label: int, index: int, folder: s
   """Render image `index` of `label` from its own seed, so no image depends on the order or the worker."""
   rng = np.random.default_rng(np.random.SeedSequence([seed, label, index]))
   image, mask = render_surface(rng, fraction, **render)
-  _write_atomic(os.path.join(out_dir, "images", folder, name), iio.imwrite("<bytes>", image, extension=".png"))
-  _write_atomic(os.path.join(out_dir, "masks", folder, name), iio.imwrite("<bytes>", mask * np.uint8(255),
+  _write_regenerable(os.path.join(out_dir, "images", folder, name), iio.imwrite("<bytes>", image, extension=".png"))
+  _write_regenerable(os.path.join(out_dir, "masks", folder, name), iio.imwrite("<bytes>", mask * np.uint8(255),
                                                                           extension=".png"))
-
-
-def _read_json(path: str) -> dict | None:
-  """A JSON file's content, or None when it is absent."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except ValueError:
-      raise ConfigError(f"{path} is not a synthetic manifest (invalid JSON); pass a new or empty folder") from None
 
 
 def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int = 0, confounded: bool = False,
@@ -351,8 +338,9 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ConfigError(f"out_dir {out_dir} is a file; pass a new or empty folder")
-  existing = (_read_json(os.path.join(out_dir, _MANIFEST)) or _read_json(os.path.join(out_dir, _PARTIAL))
-              if os.path.isdir(out_dir) else None)
+  fix = "it is not a synthetic manifest; pass a new or empty folder"
+  existing = (workdir.read_json(os.path.join(out_dir, _MANIFEST), fix=fix)
+              or workdir.read_json(os.path.join(out_dir, _PARTIAL), fix=fix) if os.path.isdir(out_dir) else None)
   if existing is not None and existing != canonical:
     differs = ", ".join(key for key in {**canonical, **existing} if existing.get(key) != canonical.get(key))
     raise ConfigError(f"out_dir {out_dir} holds a different synthetic set (its manifest differs in {differs}); "
@@ -375,7 +363,7 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
         jobs.append((out_dir, manifest["seed"], label, index, entry["folder"], image["name"],
                      entry["smoothed_fraction"], render))
   if not os.path.exists(os.path.join(out_dir, _MANIFEST)):
-    _write_atomic(os.path.join(out_dir, _PARTIAL), json.dumps(manifest, indent=2).encode())
+    _write_regenerable(os.path.join(out_dir, _PARTIAL), json.dumps(manifest, indent=2).encode())
 
   # Threads, not processes: numpy's FFTs, ufuncs and sorts release the GIL on arrays this size, and threads need
   # no __main__ guard in the caller nor a fork of a process that may hold JAX's threads.
@@ -383,7 +371,7 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
     for future in [pool.submit(_render_and_write, *job) for job in jobs]:
       future.result()
 
-  _write_atomic(os.path.join(out_dir, _MANIFEST), json.dumps(manifest, indent=2).encode())
+  _write_regenerable(os.path.join(out_dir, _MANIFEST), json.dumps(manifest, indent=2).encode())
   if os.path.exists(os.path.join(out_dir, _PARTIAL)):
     os.remove(os.path.join(out_dir, _PARTIAL))  # our own marker, not a user file
   return manifest

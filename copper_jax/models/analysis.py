@@ -107,3 +107,12 @@ def class_activation_maps(model: ResNetClassifier, variables: Any, x_BxHxWx1: jn
   """Class activation maps cam_BxhxwxK (eval mode): the spatial mean of cam[..., k] plus bias k is logit k."""
   features_Bxhxwxc = model.apply(variables, x_BxHxWx1, False, method=ResNetClassifier.features)
   return jnp.einsum("bhwc,ck->bhwk", features_Bxhxwxc, variables["params"]["head"]["kernel"])
+
+
+def upsample_maps(maps_Bxhxwxk: jnp.ndarray, height: int, width: int, d: int) -> jnp.ndarray:
+  """Maps on the final feature grid brought to the image, (B, height, width, k): a grid cell covers 2^d pixels a
+  side (bilinear between cell centres); rows and columns the poolings dropped take the nearest value."""
+  B, h, w, k = maps_Bxhxwxk.shape
+  scale = 2 ** d
+  up = jax.image.resize(maps_Bxhxwxk, (B, h * scale, w * scale, k), "linear")
+  return jnp.pad(up, ((0, 0), (0, height - h * scale), (0, width - w * scale), (0, 0)), mode="edge")

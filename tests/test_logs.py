@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from copper_jax import logging_utils
-from copper_jax.logging_utils import MetricWriter, Progress
+from copper_jax.store import logs
+from copper_jax.store.logs import MetricWriter, Progress
 
 
 def test_crc32c_matches_the_castagnoli_check_value():
-  assert logging_utils.crc32c(b"123456789") == 0xE3069283
-  assert logging_utils.crc32c(b"") == 0
+  assert logs.crc32c(b"123456789") == 0xE3069283
+  assert logs.crc32c(b"") == 0
 
 
 def _events_file(workdir):
@@ -40,7 +40,7 @@ def test_metric_writer_json_lines_and_tensorboard_round_trip(tmp_path):
 
   path = _events_file(tmp_path)
   assert os.path.basename(path).startswith("events.out.tfevents.")
-  events = logging_utils.read_events(path)
+  events = logs.read_events(path)
   assert events[0]["file_version"] == "brain.Event:2" and events[0]["scalars"] == {}
   assert [e["step"] for e in events[1:]] == [1, 2, 3]
   assert events[3]["scalars"] == pytest.approx({"loss": 1 / 3, "val_acc": 0.3, "epoch": 1.0, "lr": 1e-3})
@@ -48,10 +48,10 @@ def test_metric_writer_json_lines_and_tensorboard_round_trip(tmp_path):
 
 
 def test_event_encoding_matches_protobuf_wire_format():
-  data = logging_utils.encode_event(1.5, 300, scalars={"a": 2.0})
+  data = logs.encode_event(1.5, 300, scalars={"a": 2.0})
   value = b"\x0a\x01a" + b"\x15" + struct.pack("<f", 2.0)
   assert data == b"\x09" + struct.pack("<d", 1.5) + b"\x10\xac\x02" + b"\x2a\x0a\x0a\x08" + value
-  assert logging_utils.decode_event(logging_utils.encode_event(0.0, -2, scalars={"n": 1.0}))["step"] == -2
+  assert logs.decode_event(logs.encode_event(0.0, -2, scalars={"n": 1.0}))["step"] == -2
 
 
 def test_tensorboard_reads_the_file_when_installed(tmp_path):
@@ -69,7 +69,7 @@ def test_reader_stops_at_a_truncated_last_record(tmp_path):
   path = _events_file(tmp_path)
   data = open(path, "rb").read()
   open(path, "wb").write(data[:-5])
-  assert [e["step"] for e in logging_utils.read_events(path)] == [0, 1]
+  assert [e["step"] for e in logs.read_events(path)] == [0, 1]
 
 
 def test_truncate_after_makes_files_equal_an_uninterrupted_run(tmp_path):
@@ -81,16 +81,16 @@ def test_truncate_after_makes_files_equal_an_uninterrupted_run(tmp_path):
     f.write('{"step": 6, "lo')
   with open(_events_file(killed), "ab") as f:
     f.write(b"\x01\x02\x03")
-  assert logging_utils.truncate_after(str(killed), 3) == 3
+  assert logs.truncate_after(str(killed), 3) == 3
   assert [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-  events = logging_utils.read_events(_events_file(killed))
+  events = logs.read_events(_events_file(killed))
   assert [e["step"] for e in events] == [0, 1, 2, 3] and events[0]["file_version"]
-  assert os.path.getsize(_events_file(killed)) == sum(len(logging_utils.frame_record(logging_utils.encode_event(
+  assert os.path.getsize(_events_file(killed)) == sum(len(logs.frame_record(logs.encode_event(
       e["wall_time"], e["step"], file_version=e["file_version"], scalars=e["scalars"]))) for e in events)
   os.rename(_events_file(killed), _events_file(killed) + ".old")  # The resumed writer names its own file.
   _write_run(killed, [4, 5])
   assert (killed / "metrics.jsonl").read_text() == (uninterrupted / "metrics.jsonl").read_text()
-  assert logging_utils.truncate_after(str(killed), 10) == 0
+  assert logs.truncate_after(str(killed), 10) == 0
 
 
 def test_writer_ends_a_partial_line_left_by_a_killed_run(tmp_path):
@@ -146,13 +146,13 @@ def test_progress_on_a_terminal_redraws_in_place_at_a_limited_rate():
 
 
 def test_log_prints_above_an_active_bar(capsys, monkeypatch):
-  logging_utils.log("hidden", quiet=True)
-  logging_utils.log("plain")
+  logs.log("hidden", quiet=True)
+  logs.log("plain")
   assert capsys.readouterr().err == "plain\n"
   stream = _Tty()
   monkeypatch.setattr(sys, "stderr", stream)
   with Progress(3, "x", initial=1) as bar:
     bar.update()
-    logging_utils.log("note")
+    logs.log("note")
   out = stream.getvalue()
   assert "\r\x1b[Knote\n\rx: 2/3" in out

@@ -1,5 +1,10 @@
 """How fast training, sweeps, prediction and the input pipeline run here, against this machine's matmul peak, K
-separate runs and (optionally) the PyTorch reference: what `launch/benchmark.py` runs (issue 7).
+separate runs and (optionally) PyTorch: what `launch/benchmark.py` runs.
+
+PyTorch: given an interpreter with torch (`torch_python`), the same steps run in PyTorch too, in a subprocess
+(`torch_worker.py`, beside this file) whose items interleave with ours: `torch_nets.py` holds PyTorch twins of
+copper_jax's two nets (same layers, same parameter counts, checked in `checks`), their training step with Adam
+and the same loss, whole-image inference and single convolution passes. Nothing outside the repository is used.
 
 Timing: the items of a group (say every training shape of both models, the peak matmul and PyTorch's steps) run
 round-robin, one repeat of each per round, so a shared machine's changing load hits all of them alike; each item
@@ -9,8 +14,8 @@ round (paired), and their median reported, which is the figure least moved by lo
 
 Speed never comes from skipping work: `checks` holds the fast paths compared with the plain ones (the layers'
 pooling and upsampling against nn.max_pool and jax.image.resize, the im2col convolution against XLA's, each lifted
-member against its single-member step, tiled against whole-image prediction); the launcher fails when one
-differs.
+member against its single-member step, tiled against whole-image prediction; with PyTorch, also the twins'
+parameter counts against ours); the launcher fails when one differs.
 """
 import dataclasses
 import datetime
@@ -36,11 +41,14 @@ import ml_collections
 import numpy as np
 import optax
 
-from copper_jax import clf_steps, host_memory, members, optim, predict, seg_steps
+from benchmarks import conv
+from copper_jax import host_memory, members, optim, predict
+from copper_jax.classifier import steps as clf_steps
 from copper_jax.data import folder, sampler, synthetic
-from copper_jax.models import conv, layers, make_model
+from copper_jax.models import describe, layers, make_model
+from copper_jax.sweep import steps as seg_steps
 
-NUM_CLASSES = 16  # stress-time labels of the paper's data; also the PyTorch reference's classifier head
+NUM_CLASSES = 16  # stress-time labels of the paper's data; also the PyTorch twin's classifier head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +77,7 @@ class SweepSpec:
 class Preset:
   shapes: tuple                   # training throughput of both models
   sweeps: tuple                   # SweepSpec per members measurement
-  predict_shape: Shape            # model of the full-resolution prediction (the PyTorch reference's default)
+  predict_shape: Shape            # model of the full-resolution prediction
   predict_hw: tuple               # (H, W) of the predicted image
   pipeline_images_per_label: int  # synthetic images written per label for the input pipeline
   pipeline_preset: str            # synthetic preset of those images
@@ -149,12 +157,14 @@ class Item:
   """One measured thing: `run(steps)` does `steps` steps and returns their wall time, finished, in seconds.
 
   `faults_per_step`: this process's minor page faults per step in each repeat, which shows whether freed memory
-  was reused (see `copper_jax.host_memory`); work done in another process (PyTorch's) counts none here."""
+  was reused (see `copper_jax.host_memory`); work done in another process (PyTorch's) counts none here.
+  `info`: what the PyTorch worker answered when it set the item up."""
   name: str
   run: Callable[[int], float]
   steps: int = 1
   per_step_s: list = dataclasses.field(default_factory=list)
   faults_per_step: list = dataclasses.field(default_factory=list)
+  info: dict = dataclasses.field(default_factory=dict)
 
 
 def _minor_faults() -> int:
@@ -306,82 +316,17 @@ def sweep_program(shape: Shape, strategy: str, num_members: int, chunk: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the PyTorch reference, in a process of its own so its steps interleave with ours
+# the PyTorch twins (benchmarks/torch_nets.py), in a process of its own so their steps interleave with ours
 
-_TORCH_WORKER = r'''
-import ctypes, importlib.util, json, os, sys, time
-for param, value in json.loads(sys.argv[2]):  # copper_jax.host_memory.SETTINGS, or none
-  ctypes.CDLL("libc.so.6").mallopt(param, value)
-spec = importlib.util.spec_from_file_location("torch_ref", sys.argv[1])
-ref = importlib.util.module_from_spec(spec)
-sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
-spec.loader.exec_module(ref)
-import torch
-torch.set_num_threads(os.cpu_count())
-benches = {}
-
-class Infer:
-  def __init__(self, c, d, n, N, height, width):
-    torch.manual_seed(0)
-    self.model = ref.Segmenter(c, d, n, N).eval()
-    self.x = torch.rand(1, 1, height, width)
-  def run(self, steps):
-    start = time.perf_counter()
-    with torch.inference_mode():
-      for _ in range(steps):
-        self.model(self.x)
-    return time.perf_counter() - start
-
-class ConvPass:
-  """One 3x3 convolution's forward pass, input gradient or weight gradient, channels-first as the reference."""
-  def __init__(self, batch, size, c, which):
-    torch.manual_seed(0)
-    self.x, self.dy = torch.randn(batch, c, size, size), torch.randn(batch, c, size, size)
-    self.w = torch.randn(c, c, 3, 3) / (3 * c ** 0.5)
-    self.which = which
-  def run(self, steps):
-    start = time.perf_counter()
-    with torch.no_grad():
-      for _ in range(steps):
-        if self.which == "forward":
-          torch.nn.functional.conv2d(self.x, self.w, padding=1)
-        else:
-          torch.ops.aten.convolution_backward(self.dy, self.x, self.w, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
-                                              1, [self.which == "input_grad", self.which == "weight_grad", False])
-    return time.perf_counter() - start
-
-for line in sys.stdin:
-  cmd = json.loads(line)
-  try:
-    if cmd["op"] == "hello":
-      reply = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    elif cmd["op"] == "train":
-      a = cmd["args"]
-      benches[cmd["id"]] = ref.TorchTrainBench(a["kind"], a["c"], a["d"], a["n"], a["N"], a["batch"], a["patch"])
-      reply = {"first_s": benches[cmd["id"]].run(1)}
-      benches[cmd["id"]].run(2)  # the reference's own benchmark warms up with 3 steps
-    elif cmd["op"] == "infer":
-      a = cmd["args"]
-      benches[cmd["id"]] = Infer(a["c"], a["d"], a["n"], a["N"], a["height"], a["width"])
-      reply = {"first_s": benches[cmd["id"]].run(1)}
-    elif cmd["op"] == "conv":
-      a = cmd["args"]
-      benches[cmd["id"]] = ConvPass(a["batch"], a["size"], a["c"], a["which"])
-      reply = {"first_s": benches[cmd["id"]].run(1)}
-    else:
-      reply = {"seconds": benches[cmd["id"]].run(cmd["steps"])}
-  except Exception as e:
-    reply = {"error": f"{type(e).__name__}: {e}"}
-  print(json.dumps(reply), flush=True)
-'''
+TORCH_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py")
 
 
 class TorchWorker:
-  """The PyTorch reference (`torch_ref.py`, run by `python`) in a subprocess answering one JSON line per request."""
-  def __init__(self, python: str, torch_ref: str, reuse_memory: bool):
-    self._process = subprocess.Popen([python, "-u", "-c", _TORCH_WORKER, os.path.abspath(torch_ref),
-                                      json.dumps(host_memory.SETTINGS if reuse_memory else [])], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+  """`torch_worker.py` run by `python` (an interpreter with torch and numpy) in a subprocess answering one JSON
+  line per request; `reuse_memory` applies `host_memory.SETTINGS` there too."""
+  def __init__(self, python: str, reuse_memory: bool):
+    self.command = [python, "-u", TORCH_WORKER, json.dumps(host_memory.SETTINGS if reuse_memory else [])]
+    self._process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self._next_id = 0
     self.info = self.request({"op": "hello"})
 
@@ -390,19 +335,20 @@ class TorchWorker:
     self._process.stdin.flush()
     line = self._process.stdout.readline()
     if not line:
-      raise RuntimeError(f"the PyTorch worker exited (status {self._process.wait()}); run its command alone to see "
-                         "why")
+      raise RuntimeError(f"the PyTorch worker exited (status {self._process.wait()}); run {' '.join(self.command)} "
+                         "alone to see why")
     reply = json.loads(line)
     if "error" in reply:
-      raise RuntimeError(f"PyTorch reference: {reply['error']}")
+      raise RuntimeError(f"PyTorch worker: {reply['error']}")
     return reply
 
   def item(self, name: str, op: str, **args) -> Item:
-    """A timed item of a training bench (op "train"), whole-image inference ("infer") or a conv pass ("conv")."""
+    """A timed item of a training bench (op "train"), whole-image inference ("infer") or a conv pass ("conv");
+    the worker's answer to setting it up (its first step's time, the model's parameter count) is `item.info`."""
     ident = self._next_id
     self._next_id += 1
-    self.request({"op": op, "id": ident, "args": args})
-    return Item(name, lambda steps: self.request({"op": "run", "id": ident, "steps": steps})["seconds"])
+    reply = self.request({"op": op, "id": ident, "args": args})
+    return Item(name, lambda steps: self.request({"op": "run", "id": ident, "steps": steps})["seconds"], info=reply)
 
   def close(self):
     self._process.stdin.close()
@@ -448,9 +394,8 @@ def measure_training(preset: Preset, torch: TorchWorker | None, log) -> dict:
       item = Item(f"{kind[:3]}_{shape.name}", program.run)
       torch_item = None
       if torch is not None and shape.dtype == "float32":
-        torch_item = torch.item(f"torch_{kind[:3]}_{shape.name}", "train", kind="seg" if kind == "segmentation"
-                                else "cls", c=shape.c, d=shape.d, n=shape.n, N=shape.N, batch=shape.batch,
-                                patch=shape.patch)
+        torch_item = torch.item(f"torch_{kind[:3]}_{shape.name}", "train", kind=kind, c=shape.c, d=shape.d,
+                                n=shape.n, N=shape.N, batch=shape.batch, patch=shape.patch)
       rows.append((kind, shape, program, item, torch_item))
       items += [item] + ([torch_item] if torch_item else [])
   log(f"timing {len(items)} items, {preset.repeats} rounds")
@@ -465,12 +410,13 @@ def measure_training(preset: Preset, torch: TorchWorker | None, log) -> dict:
            "first_step_s": program.first_step_s, "steps_per_repeat": item.steps, "step_s": summary(item.per_step_s),
            "images_per_s": summary(shape.batch / t for t in item.per_step_s),
            "megapixels_per_s": summary(shape.batch * shape.patch ** 2 / t / 1e6 for t in item.per_step_s),
+           "params": describe(kind, shape.c, shape.d, shape.n, shape.N, NUM_CLASSES)["params"],
            "gflop_per_step": flops / 1e9,
            "gflop_s": summary(flops / t / 1e9 for t in item.per_step_s),
            "minor_faults_per_step": summary(item.faults_per_step), "memory": program.memory}
     row["fraction_of_peak"] = row["gflop_s"]["median"] / peak
     if torch_item is not None:
-      row["torch"] = {"step_s": summary(torch_item.per_step_s),
+      row["torch"] = {"params": torch_item.info["params"], "step_s": summary(torch_item.per_step_s),
                       "images_per_s": summary(shape.batch / t for t in torch_item.per_step_s),
                       "gflop_s": summary(flops / t / 1e9 for t in torch_item.per_step_s)}
       # JAX images/s over PyTorch's: paired round by round, of the medians, and of the best rounds
@@ -749,19 +695,17 @@ def _load_average():
 
 
 def run_benchmark(preset_name: str, quick: bool = False, torch_python: str | None = None,
-                  torch_ref: str | None = None, reused_freed_memory: bool = False,
-                  torch_reuses_freed_memory: bool | None = None, sections=SECTIONS, log=print) -> dict:
-  """Runs the benchmark and returns its results (see the module docstring). `reused_freed_memory` only records
-  whether the caller called `host_memory.reuse_freed_memory()` first; the PyTorch worker does the same unless
-  `torch_reuses_freed_memory` says otherwise."""
+                  reused_freed_memory: bool = False, torch_reuses_freed_memory: bool | None = None,
+                  sections=SECTIONS, log=print) -> dict:
+  """Runs the benchmark and returns its results (see the module docstring). `torch_python`: an interpreter with
+  torch and numpy, to time the PyTorch twins (`torch_worker.py`) alongside; None leaves PyTorch out.
+  `reused_freed_memory` only records whether the caller called `host_memory.reuse_freed_memory()` first; the
+  PyTorch worker does the same unless `torch_reuses_freed_memory` says otherwise."""
   if preset_name not in PRESETS:
     raise ValueError(f"preset {preset_name!r}; valid values: {', '.join(PRESETS)}")
   unknown = set(sections) - set(SECTIONS)
   if unknown:
     raise ValueError(f"sections {sorted(unknown)}; valid values: {', '.join(SECTIONS)}")
-  if (torch_python is None) != (torch_ref is None):
-    raise ValueError("torch_python and torch_ref go together: the interpreter with torch and the path of "
-                     "torch_ref.py")
   preset = QUICK if quick else PRESETS[preset_name]
   result = {"schema": 1, "preset": preset_name, "quick": quick,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -770,7 +714,7 @@ def run_benchmark(preset_name: str, quick: bool = False, torch_python: str | Non
             "repeats": preset.repeats, "min_repeat_s": preset.min_repeat_s}
   if torch_reuses_freed_memory is None:
     torch_reuses_freed_memory = reused_freed_memory
-  torch = TorchWorker(torch_python, torch_ref, torch_reuses_freed_memory) if torch_python else None
+  torch = TorchWorker(torch_python, torch_reuses_freed_memory) if torch_python else None
   if torch is not None:
     result["versions"]["torch"] = torch.info["torch"]
     result["torch_threads"] = torch.info["threads"]
@@ -780,6 +724,10 @@ def run_benchmark(preset_name: str, quick: bool = False, torch_python: str | Non
   try:
     if "training" in sections:
       result["training"] = measure_training(preset, torch, log)
+      for row in result["training"]["rows"]:
+        if "torch" in row:  # the twins are the same nets: the same parameters
+          checks[f"torch_params_{row['kind']}_{row['shape']['name']}"] = {
+              "jax": row["params"], "torch": row["torch"]["params"], "passed": row["params"] == row["torch"]["params"]}
     if "sweep" in sections:
       result["sweep"], sweep_checks = measure_sweeps(preset, log)
       checks.update(sweep_checks)

@@ -2,7 +2,7 @@
 
 `run_grid(config, workdir)` is what launch/grid_search.py calls. Every point trains with the same data, split,
 seed and schedule (only the model differs) in `workdir/points/<c>_<d>_<n>_<N>/` via
-`classifier.train_and_evaluate`, so a point is an ordinary classifier workdir (launch/evaluate.py works on it).
+`classifier_run.train_and_evaluate`, so a point is an ordinary classifier workdir (launch/evaluate.py works on it).
 A point whose results.json exists is finished and is not trained again; a half-trained one resumes.
 Outputs: grid.csv, grid.json and grid.md (ranked by validation accuracy, best named).
 """
@@ -15,17 +15,20 @@ import os
 import jax
 import ml_collections
 
-from copper_jax import checkpoint, classifier, config_utils, workdir
-from copper_jax.errors import ConfigError, UserError
-from copper_jax.logging_utils import log
-from copper_jax.models import analysis
+from copper_jax import config_utils
+from copper_jax.classifier import program as classifier_program
+from copper_jax.classifier import run as classifier_run
 from copper_jax.data.prepare import prepare_data
+from copper_jax.errors import ConfigError, UserError
+from copper_jax.models import analysis
+from copper_jax.store import checkpoint, workdir
+from copper_jax.store.logs import log
 
 POINTS_DIR = "points"
 MEMORY_CACHE = "grid_memory.json"
 AXES = ("c", "d", "n", "N")
 # Everything but the model must be shared by every point of one search workdir.
-SHARED_KEYS = [k for k in classifier.FINGERPRINT_KEYS if not k.startswith("model.")] + [
+SHARED_KEYS = [k for k in classifier_program.FINGERPRINT_KEYS if not k.startswith("model.")] + [
     "data.root", "data.crop_bottom", "data.skip_unreadable", "data.split", "data.synthetic", "train.num_steps",
     "train.num_epochs"]
 CSV_COLUMNS = ("name", "c", "d", "n", "N", "status", "val_accuracy", "val_loss", "test_accuracy",
@@ -64,21 +67,16 @@ def point_config(config, point, data_root: str) -> ml_collections.ConfigDict:
   return point_cfg
 
 
-def _memory(name: str, point_cfg, dataset, split, cache: dict) -> dict:
+def _memory(name: str, point_cfg, dataset, cache: dict) -> dict:
   """XLA's memory analysis of the point's train and eval steps in MiB; `cache` keeps it across restarts."""
-  _, key = checkpoint.config_fingerprint(point_cfg, classifier.FINGERPRINT_KEYS + ["eval.batch_size"])
+  _, key = checkpoint.config_fingerprint(point_cfg, classifier_program.FINGERPRINT_KEYS + ["eval.batch_size"])
   key = f"{key}:{jax.default_backend()}:{dataset.image_shape}"
   if cache.get(name, {}).get("key") != key:
-    total = config_utils.total_steps(point_cfg.train, len(split["train"]))
-    program = classifier.ClassifierProgram(point_cfg, dataset.num_classes, total)
+    # The schedule's length changes values, not memory.
+    program = classifier_program.ClassifierProgram(point_cfg, dataset.num_classes, None)
     stats = program.memory_analysis(point_cfg.eval.batch_size, dataset.image_shape)
     cache[name] = {"key": key, **{k.replace("_bytes", "_memory_mb"): round(v / 2 ** 20, 2) for k, v in stats.items()}}
   return {k: v for k, v in cache[name].items() if k != "key"}
-
-
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _row_from_results(row: dict, results: dict) -> None:
@@ -115,13 +113,13 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
   work_dir = os.path.abspath(work_dir)
   data_root = os.path.join(work_dir, "data")
   for point in points:
-    classifier.validate_config(point_config(config, point, data_root))
+    classifier_program.validate_config(point_config(config, point, data_root))
   os.makedirs(work_dir, exist_ok=True)
   with workdir.WorkdirLock(work_dir):
     _check_shared(config, work_dir)
     dataset, split = prepare_data(config, work_dir)
     cache_path = os.path.join(work_dir, MEMORY_CACHE)
-    cache = _read_json(cache_path) if os.path.exists(cache_path) else {}
+    cache = workdir.read_json(cache_path, {})
     rows = []
     for number, point in enumerate(points, start=1):
       name = point_name(point)
@@ -130,12 +128,12 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
       row = {"name": name, **dict(zip(AXES, point)),
              **analysis.describe("classifier", *point, dataset.num_classes)}
       row.pop("kind")
-      row.update(_memory(name, point_cfg, dataset, split, cache))
+      row.update(_memory(name, point_cfg, dataset, cache))
       workdir.atomic_write_json(cache_path, cache)
-      results_path = os.path.join(point_dir, classifier.RESULTS_FILE)
+      results_path = os.path.join(point_dir, classifier_run.RESULTS_FILE)
       where = f"point {number}/{len(points)} (c={point[0]}, d={point[1]}, n={point[2]}, N={point[3]})"
       if os.path.exists(results_path):
-        _row_from_results(row, _read_json(results_path))
+        _row_from_results(row, workdir.read_json(results_path))
         log(f"{where}: finished earlier, val accuracy {row['val_accuracy']}", quiet)
       elif row["peak_memory_mb"] > config.grid.budget_mb:
         row.update(status="skipped", reason=f"needs {row['peak_memory_mb']:g} MiB per step (train "
@@ -150,7 +148,7 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
           with open(os.path.join(work_dir, "splits.json"), "rb") as f:
             workdir.atomic_write_bytes(os.path.join(point_dir, "splits.json"), f.read())
         try:
-          _row_from_results(row, classifier.train_and_evaluate(point_cfg, point_dir, quiet=quiet))
+          _row_from_results(row, classifier_run.train_and_evaluate(point_cfg, point_dir, quiet=quiet))
         except UserError as e:  # a diverged point must not end the search; its reason goes into the table
           row.update(status="failed", reason=str(e))
           log(f"{where}: failed, {e}", quiet)

@@ -1,15 +1,13 @@
-"""From per-member, per-image evaluation arrays to the sweep's ranking, intervals and outputs.
+"""From per-member, per-image evaluation arrays to the sweep's ranking, intervals and verdict: numpy in, dict out.
 
 Ranking measure: held-out proportion MSE, (mean mask - g(t))^2 per image, whatever loss trained the models, so
 hypotheses are compared on the paper's scale. Intervals: 95% percentile bootstrap that resamples both the seeds
 and the images, so they hold the two sources of noise a user would meet on a rerun with new data.
 """
-import os
-
 import numpy as np
 
 from copper_jax import hypotheses as hypotheses_lib
-from copper_jax import workdir
+from copper_jax import members
 
 SPLITS = ("train", "val", "test")
 
@@ -18,15 +16,6 @@ WHAT_THE_MASK_IS = (
     "texture alone. Its area fraction is a learned proxy of the smoothed area, not a roughness measurement: "
     "ISO 25178 parameters such as Sa, Sq or the developed interfacial area ratio Sdr need a height map (AFM, "
     "confocal microscopy or stereo-SEM).")
-
-
-def pick_overlay_images(labels_N, held_out_idx, count):
-  """Up to `count` held-out images spread evenly over the labels (low to high stress time)."""
-  held_out_idx = np.asarray(held_out_idx)
-  order = held_out_idx[np.argsort(labels_N[held_out_idx], kind="stable")]
-  if count >= len(order):
-    return order
-  return order[np.round(np.linspace(0, len(order) - 1, count)).astype(int)]
 
 
 def _resample_indices(labels_N, num_seeds, rng, num_bootstrap):
@@ -61,7 +50,7 @@ def _iou(counts):
 
 def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, receptive_field, num_bootstrap,
               seed) -> dict:
-  """The content of sweep.json from raw per-member evaluation arrays (see `sweep.evaluate_members`)."""
+  """The content of sweep.json from raw per-member evaluation arrays (see `sweep.run.evaluate_members`)."""
   num_labels = dataset.num_classes
   rng = np.random.default_rng(seed)
   manifest = dataset.manifest or {}
@@ -73,7 +62,7 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
 
   rows = []
   for k, hyp in enumerate(hypotheses):
-    members_k = [k * num_seeds + s for s in range(num_seeds)]
+    members_k = members.hypothesis_members(k, num_seeds)
     alive = [m for m in members_k if not diverged[m]]
     row = hyp.to_json()
     row["learned"] = hyp.learned
@@ -187,15 +176,3 @@ def headline(summary) -> str:
     line += (f" Ground truth f_true={f['name']} is closest to {f['closest_hypothesis']}, ranked "
              f"{f['closest_rank']}.")
   return line
-
-
-def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_report=True):
-  """sweep.json, the figures and report.html; each file replaced atomically, checkpoints untouched."""
-  from copper_jax import plots, report  # matplotlib is imported only when figures are drawn
-  figures = plots.sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
-  summary["figures"] = {k: os.path.relpath(v, work_dir) for k, v in figures.items()}
-  workdir.atomic_write_json(os.path.join(work_dir, "sweep.json"), summary)
-  if make_report:
-    report.save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
-    classifier_dir = summary.get("config", {}).get("eval", {}).get("classifier_workdir") or None
-    report.write_sweep_report(work_dir, summary, classifier_dir=classifier_dir)

@@ -18,10 +18,12 @@ import zlib
 
 import numpy as np
 
-from copper_jax import metrics, workdir
+from copper_jax import metrics
 from copper_jax.data import prepare
 from copper_jax.errors import UserError
-from copper_jax.logging_utils import log
+from copper_jax.store import workdir
+from copper_jax.store.logs import log
+from copper_jax.viz import pixels
 
 FOLDER = "blind_test"
 RESULTS_FILE = "results.json"
@@ -41,13 +43,11 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _display_png(pixels_HxW, lo: float, hi: float) -> bytes:
+def _display_png(image_HxW, lo: float, hi: float) -> bytes:
   """8-bit PNG of an image on one gray scale for the whole dataset, so relative brightness stays a cue."""
-  from copper_jax import predict
-  if pixels_HxW.dtype == np.uint8:
-    return predict.png_bytes(pixels_HxW)
-  scaled = (pixels_HxW.astype(np.float32) - lo) / max(hi - lo, 1e-6)
-  return predict.png_bytes(np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8))
+  if image_HxW.dtype == np.uint8:
+    return pixels.png_bytes(image_HxW)
+  return pixels.png_bytes(pixels.gray_levels(image_HxW, lo, hi))
 
 
 class BlindTest:
@@ -386,7 +386,7 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
   The classifier's results come from `work_dir/results.json` (a classifier workdir) or `classifier_dir`, on its
   test split: the same images when both workdirs share the dataset and splits.json.
   """
-  from copper_jax import plots
+  from copper_jax.viz import plots
   folder = os.path.join(os.path.abspath(work_dir), FOLDER)
   files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and f != RESULTS_FILE) \
       if os.path.isdir(folder) else []
@@ -419,7 +419,7 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
 
 def per_label_figure(expert: str, scores: dict, model_test: dict | None, names):
   """The paper's Figure 8: accuracy per true stress time, the expert's bars next to the classifier's."""
-  from copper_jax.plots import plt
+  from copper_jax.viz.plots import plt
   x = np.arange(len(names))
   width = 0.4 if model_test else 0.7
   fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.4))
@@ -444,15 +444,15 @@ def per_label_figure(expert: str, scores: dict, model_test: dict | None, names):
 
 def confusion_figure(expert: str, scores: dict, model_test: dict | None, names):
   """The paper's Figure 7: row-normalised confusion matrices of the expert and of the classifier."""
-  from copper_jax import clf_plots
-  from copper_jax.plots import plt
+  from copper_jax.viz import plots
+  from copper_jax.viz.plots import plt
   panels = [(expert, scores["confusion"], scores["accuracy"])]
   if model_test:
     panels.append(("classifier", model_test["confusion"], model_test["accuracy"]))
   size = max(3.6, 0.3 * len(names) + 1.8)
   fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.8, size), squeeze=False)
   for ax, (who, confusion, accuracy) in zip(axes[0], panels):
-    shown = clf_plots.draw_confusion(ax, confusion, names, xlabel="answered stress time")
+    shown = plots.draw_confusion(ax, confusion, names, xlabel="answered stress time")
     ax.set_title(f"{who}: accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'}", fontsize=9)
   fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.03, label="share of the row")
   fig.suptitle("Confusion matrices (Figure 7)", fontsize=9)

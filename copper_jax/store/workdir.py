@@ -28,10 +28,12 @@ def _fsync_dir(directory: str) -> None:
     os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes, durable: bool = True) -> None:
   """Replaces `path` with `data` all at once: readers and crashes see the old file or the new one, never a mix.
 
   On failure (e.g. disk full) the old file is left intact, the temp file is removed and the OSError propagates.
+  `durable=False` skips the fsyncs, for files that can be made again (a generated dataset): a power cut may then
+  lose the file, but never leaves half of one.
   """
   path = os.path.abspath(path)
   directory = os.path.dirname(path)
@@ -44,7 +46,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         view = view[os.write(fd, view):]
       # mkstemp creates 0600; keep the old file's mode, or the usual 0644 for a new one.
       os.fchmod(fd, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
-      os.fsync(fd)
+      if durable:
+        os.fsync(fd)
     finally:
       os.close(fd)
     os.replace(tmp, path)
@@ -54,7 +57,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     except FileNotFoundError:
       pass
     raise
-  _fsync_dir(directory)
+  if durable:
+    _fsync_dir(directory)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -65,6 +69,20 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, obj) -> None:
   """`atomic_write_bytes` of `obj` as indented JSON with sorted keys and a final newline."""
   atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str, missing=None, fix: str | None = None):
+  """A JSON file's content; `missing` when the file does not exist. With `fix`, a file that is not valid JSON is a
+  ConfigError naming the file and the fix; without, the ValueError propagates."""
+  if not os.path.exists(path):
+    return missing
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except ValueError:
+      if fix is None:
+        raise
+      raise ConfigError(f"{path} is not valid JSON; {fix}") from None
 
 
 class WorkdirLock:

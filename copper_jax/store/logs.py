@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from copper_jax import workdir as workdir_lib
+from copper_jax.store import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
@@ -228,6 +228,33 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def is_time(step: int, every: int, total: int) -> bool:
+  """Whether a periodic action (a log line, a checkpoint, an evaluation) is due once `step` of `total` steps are
+  done: every `every` steps, and at the end."""
+  return step % every == 0 or step == total
+
+
+class LateFetch:
+  """The host side of a training loop: a step's device metrics are kept and handed to `consume(step, metrics)`
+  only after the next step has been dispatched, so the device never waits on the host's logging."""
+
+  def __init__(self, consume):
+    self.consume = consume
+    self.pending = None
+
+  def dispatched(self, step: int, metrics, keep: bool = True) -> None:
+    """Step `step` was dispatched: consume the previous kept step's metrics, keep this one's if `keep`."""
+    self.flush()
+    if keep:
+      self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Consume the kept metrics now (before a checkpoint, an evaluation or the end)."""
+    if self.pending is not None:
+      pending, self.pending = self.pending, None
+      self.consume(*pending)
 
 
 def truncate_after(workdir: str, step: int) -> int:

@@ -15,8 +15,9 @@ import os
 
 import numpy as np
 
-from copper_jax import workdir
-from copper_jax.errors import UserError
+from copper_jax import expert_study, members
+from copper_jax.store import workdir
+from copper_jax.viz import pixels
 
 OVERLAYS_FILE = "overlays.npz"
 # Longest side, in pixels, of the images embedded in the mask viewer; larger images are block-averaged.
@@ -28,16 +29,14 @@ def save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW) -> str
   """`workdir/overlays.npz` for the report's mask viewer, at the viewer's resolution (at most VIEWER_SIDE pixels a
   side): the held-out images as display gray levels, the mask of seed 0 of every hypothesis (uint8, 255 =
   smoothed) and the true masks (uint8 {0, 1}) where known."""
-  from copper_jax import predict
   overlay_idx = np.asarray(overlay_idx, np.int64)
-  to_uint8 = lambda x: np.clip(np.rint(x), 0, 255).astype(np.uint8)
-  masks_KxIxHxW = np.asarray(masks_MxIxHxW)[::summary["num_seeds"]]
+  masks_KxIxHxW = members.first_seed(np.asarray(masks_MxIxHxW), summary["num_seeds"])
   arrays = {
       "index": overlay_idx, "path": np.array([dataset.paths[i] for i in overlay_idx]),
       "stress_time": dataset.stress_times[dataset.labels[overlay_idx]],
       "hypotheses": np.array([h["name"] for h in summary["hypotheses"]]),
-      "image": np.stack([to_uint8(_shrink(predict.display_gray(dataset.images[i]))) for i in overlay_idx]),
-      "mask": np.stack([[to_uint8(_shrink(m) * 255) for m in masks_IxHxW] for masks_IxHxW in masks_KxIxHxW]),
+      "image": np.stack([_to_uint8(_shrink(pixels.display_gray(dataset.images[i]))) for i in overlay_idx]),
+      "mask": np.stack([[_to_uint8(_shrink(m) * 255) for m in masks_IxHxW] for masks_IxHxW in masks_KxIxHxW]),
   }
   if dataset.masks is not None:
     arrays["truth"] = np.stack([(_shrink(dataset.masks[i]) >= 0.5) for i in overlay_idx]).astype(np.uint8)
@@ -62,36 +61,38 @@ def _fmt(x, digits=4):
   return "n/a" if x is None else f"{x:.{digits}g}"
 
 
-def _shrink(pixels_HxW, side=VIEWER_SIDE):
+def _to_uint8(x):
+  return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _shrink(image_HxW, side=VIEWER_SIDE):
   """(H, W, ...) block mean by the smallest integer factor that brings the longest side to at most `side` pixels."""
-  factor = -(-max(pixels_HxW.shape[:2]) // side)
+  factor = -(-max(image_HxW.shape[:2]) // side)
   if factor <= 1:
-    return pixels_HxW
-  H, W = (pixels_HxW.shape[0] // factor) * factor, (pixels_HxW.shape[1] // factor) * factor
-  blocks = pixels_HxW[:H, :W].astype(np.float32).reshape(H // factor, factor, W // factor, factor,
-                                                         *pixels_HxW.shape[2:])
+    return image_HxW
+  H, W = (image_HxW.shape[0] // factor) * factor, (image_HxW.shape[1] // factor) * factor
+  blocks = image_HxW[:H, :W].astype(np.float32).reshape(H // factor, factor, W // factor, factor,
+                                                         *image_HxW.shape[2:])
   return blocks.mean(axis=(1, 3))
 
 
 def _mask_png(mask_HxW_uint8) -> bytes:
   """RGBA: the overlay tint with alpha = mask, so the slider's opacity fades the whole mask at once."""
-  from copper_jax import predict
   rgba = np.empty((*mask_HxW_uint8.shape, 4), np.uint8)
-  rgba[..., :3] = predict.TINT_RGB.astype(np.uint8)
+  rgba[..., :3] = pixels.TINT_RGB.astype(np.uint8)
   rgba[..., 3] = mask_HxW_uint8
-  return predict.png_bytes(rgba)
+  return pixels.png_bytes(rgba)
 
 
 def _truth_png(truth_HxW) -> bytes:
   """RGBA: the border of the true smoothed regions, transparent elsewhere."""
-  from copper_jax import predict
   inside = truth_HxW > 0
   border = np.zeros_like(inside)
   border[1:] |= inside[1:] != inside[:-1]
   border[:, 1:] |= inside[:, 1:] != inside[:, :-1]
   rgba = np.zeros((*inside.shape, 4), np.uint8)
   rgba[border] = TRUTH_RGBA
-  return predict.png_bytes(rgba)
+  return pixels.png_bytes(rgba)
 
 
 def _ranking_table(summary):
@@ -156,40 +157,21 @@ def _learned_table(summary):
   return f"<table>{head}{body}</table>"
 
 
-def _cams(classifier_dir, summary, overlays):
-  """{image position: (CAM overlay PNG, caption)} from the classifier's checkpoint, for the viewer's images."""
-  from copper_jax import predict
-  model = predict.ClassifierPredictor(classifier_dir)
-  root = summary["data"]["root"]
-  out = {}
-  for j, rel in enumerate(overlays["path"]):
-    pixels = model.reader.read(os.path.join(root, str(rel)))
-    prob, cam = model.classify(pixels)
-    gray = predict.display_gray(pixels)[:cam.shape[0]]
-    k = int(prob.argmax())
-    caption = f"classifier: t={model.stress_times[k]:g} (p={prob[k]:.2f})"
-    shown = np.clip(np.rint(_shrink(predict.cam_overlay(gray, cam))), 0, 255).astype(np.uint8)
-    out[j] = (predict.png_bytes(shown), caption)
-  return out
-
-
-def _viewer(work_dir, summary, classifier_dir):
+def _viewer(work_dir, summary, cams):
   """Held-out images with a mask layer: an opacity slider, a hypothesis menu, the true border, the CAM."""
-  from copper_jax import predict
   with np.load(os.path.join(work_dir, OVERLAYS_FILE)) as f:
     overlays = {k: f[k] for k in f.files}
   names = [str(n) for n in overlays["hypotheses"]]
   ranked = [n for n in summary["ranking"] if n in names] + [n for n in names if n not in summary["ranking"]]
   masks = {n: [_png_uri(_mask_png(m)) for m in overlays["mask"][names.index(n)]] for n in ranked}
-  cams, cam_note = {}, ""
-  if classifier_dir:
-    try:
-      cams = _cams(classifier_dir, summary, overlays)
-    except UserError as e:
-      cam_note = f'<p class="note">No class activation maps: {html.escape(str(e))}</p>'
+  cam_note = ""
+  if isinstance(cams, str):
+    cams, cam_note = {}, f'<p class="note">No class activation maps: {html.escape(cams)}</p>'
+  cams = {j: (_png_uri(pixels.png_bytes(_to_uint8(_shrink(rgb)))), caption) for j, (rgb, caption) in
+          (cams or {}).items()}
   cells = []
   for j in range(len(overlays["path"])):
-    image = _png_uri(predict.png_bytes(overlays["image"][j]))
+    image = _png_uri(pixels.png_bytes(overlays["image"][j]))
     truth = (f'<img class="truth layer" alt="true border" src="{_png_uri(_truth_png(overlays["truth"][j]))}">'
              if "truth" in overlays else "")
     stack = (f'<div class="stack"><img class="base" alt="held-out image {j}" src="{image}">'
@@ -197,7 +179,7 @@ def _viewer(work_dir, summary, classifier_dir):
     caption = f"t={float(overlays['stress_time'][j]):g}: {html.escape(str(overlays['path'][j]))}"
     cam = ""
     if j in cams:
-      cam = (f'<figure><img class="base" alt="CAM of image {j}" src="{_png_uri(cams[j][0])}">'
+      cam = (f'<figure><img class="base" alt="CAM of image {j}" src="{cams[j][0]}">'
              f'<figcaption>{html.escape(cams[j][1])}</figcaption></figure>')
     cells.append(f'<div class="pair"><figure>{stack}<figcaption>{caption}</figcaption></figure>{cam}</div>')
   options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in ranked)
@@ -281,26 +263,26 @@ def _classifier_section(classifier_dir):
 
 
 def _blind_test_section(folders):
-  """The experts' figures written by `blind_test.expert_results`, from any of `folders` that has them."""
-  from copper_jax import blind_test
+  """The experts' figures written by `expert_study.expert_results`, from any of `folders` that has them."""
   parts = []
   for folder in folders:
-    path = os.path.join(folder, blind_test.FOLDER, blind_test.RESULTS_FILE)
+    path = os.path.join(folder, expert_study.FOLDER, expert_study.RESULTS_FILE)
     if not os.path.exists(path):
       continue
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
     for name, expert in sorted(results["experts"].items()):
-      parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(blind_test.headline(name, expert))}</p>")
-      parts.extend(_image(os.path.join(folder, blind_test.FOLDER, p), p) for p in expert["figures"].values())
+      parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(expert_study.headline(name, expert))}</p>")
+      parts.extend(_image(os.path.join(folder, expert_study.FOLDER, p), p) for p in expert["figures"].values())
   return "".join(parts)
 
 
-def write_sweep_report(work_dir, summary, classifier_dir=None) -> str:
+def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str:
   """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz.
 
-  classifier_dir: a classifier workdir shown next to the sweep (CAMs of the same images, confusion matrix);
-  default: the sweep config's `eval.classifier_workdir` when it has one.
+  classifier_dir: a classifier workdir shown next to the sweep (its confusion matrix and results); default: the
+  sweep config's `eval.classifier_workdir` when it has one. cams: the classifier's CAMs of the viewer's images,
+  {position: (uint8 RGB overlay, caption)} as `predict.classifier_cams` makes them, or why there are none (str).
   """
   config = summary.get("config", {})
   classifier_dir = classifier_dir or config.get("eval", {}).get("classifier_workdir") or None
@@ -321,7 +303,7 @@ def write_sweep_report(work_dir, summary, classifier_dir=None) -> str:
   baseline_text = (f'<p class="note">For comparison, a mask that calls everything smoothed scores mean IoU '
                    f"{_fmt(baseline['mean_iou'], 3)}.</p>" if baseline else "")
   if os.path.exists(os.path.join(work_dir, OVERLAYS_FILE)):
-    masks = _viewer(work_dir, summary, classifier_dir)
+    masks = _viewer(work_dir, summary, cams)
   else:
     masks = figure("overlays", "Masks on held-out images")
   learned = ""

@@ -4,14 +4,14 @@
 - `im2col`: the 9 shifted copies of the zero-padded input side by side on the channel axis (the patch matrix)
   times the kernel as one (9*Cin, Cout) matrix; its gradients are matmuls and slices too.
 
-The layers use `xla` on every backend. On XLA's CPU backend (jax 0.10.2, 2 cores) the matmul at the heart of
-`im2col` runs at about 120 GFLOP/s, but building the patch matrix (a 9-operand concatenate, 9x the activation) and
-its gradient (9 overlapping slices added back) runs at a few GB/s, far below a memory copy: forward plus both
-gradients took 1.2-2.3x as long as `xla` at the benchmark's first-level shapes on an idle machine, 3-10x on a
-loaded one. XLA's own weight gradient is the slow part of its convolution (about half the speed of its forward
-pass: XLA turns it into a convolution with an H x W window over transposed operands), but no formulation tried
-here (im2col, 9 shifted matmuls, batch folding) beat it. `launch/benchmark.py` re-measures `im2col` against `xla`
-and checks their equality, so the choice can be revisited on another backend or XLA version.
+The layers use `xla` on every backend. On XLA's CPU backend the matmul at the heart of `im2col` runs near the
+machine's matmul peak, but building the patch matrix (a 9-operand concatenate, 9x the activation) and its gradient
+(9 overlapping slices added back) runs at a small fraction of memory-copy bandwidth, so forward plus both
+gradients took longer than `xla` at the benchmark's first-level shapes, and more so on a loaded machine. XLA's own
+weight gradient is the slow part of its convolution (slower than its forward pass: XLA turns it into a convolution
+with an H x W window over transposed operands), but no formulation tried here (im2col, 9 shifted matmuls, batch
+folding) beat it. `launch/benchmark.py` re-measures `im2col` against `xla` and checks their equality, so the
+choice can be revisited on another backend or XLA version.
 """
 import jax.numpy as jnp
 from jax import lax

@@ -1,0 +1,194 @@
+"""The main job: train a family of hypotheses g(t) side by side, evaluate them on held-out images, report.
+
+`run_sweep(config, workdir)` is what `launch/sweep.py` calls, `evaluate_sweep(config, workdir)` what
+`launch/evaluate.py` calls. The program itself (steps, member table, restore) is `sweep.program`; the statistics
+are `sweep.results`; this module is the job around them: the training loop, evaluation and the files it writes.
+"""
+import os
+
+import jax
+import numpy as np
+
+from copper_jax import config_utils, determinism, members
+from copper_jax.data import sampler, splits
+from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
+from copper_jax.errors import CheckpointError
+from copper_jax.models import analysis
+from copper_jax.store import checkpoint, workdir
+from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, truncate_after
+from copper_jax.sweep import program as program_lib
+from copper_jax.sweep import results
+
+SWEEP_FILE = "sweep.json"
+
+
+def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False):
+  """Trains (or resumes) every member; returns the built sweep and the final stacked states."""
+  sweep = program_lib.build(config, dataset, hyps, num_train_images=len(split["train"]))
+  program, member_arrays, total = sweep.program, sweep.member_arrays, sweep.total_steps
+  states, start = program_lib.restore(work_dir, sweep)
+  # Metrics a killed run wrote after its last checkpoint (all of them, if it saved none) are dropped.
+  truncate_after(work_dir, start)
+  if states is None:
+    states = program.init_states()
+  else:
+    log(f"resuming the sweep from step {start} of {total}", quiet)
+
+  patches = sampler.PatchSampler(dataset, split["train"], config.train.patch_size, config.train.batch_size,
+                                 seed=config.seed, flips=config.train.flips, rot90=config.train.rot90)
+  train_step = program.train_step
+  if start < total:
+    # XLA's own figure for the whole lifted step, activations included, before any step runs; the compiled
+    # program is then the one that trains, so this costs no second compile.
+    first = members.place(patches.batch(start), program.shared_sharding)
+    train_step = program.train_step.lower(states, member_arrays, first).compile()
+    config_utils.check_memory(
+        "num_seeds", config.num_seeds, config_utils.compiled_bytes(train_step), config_utils.available_memory_bytes(),
+        "XLA's memory analysis of the training step: lower num_seeds, the number of hypotheses or train.batch_size")
+  writer = MetricWriter(work_dir, quiet=True)  # the progress bar shows the mean loss; the file has them all
+  progress = Progress(total, "sweep", quiet=quiet, initial=start)
+  names = [f"{sweep.hypotheses[k].name}/seed{s}" for k, s in sweep.rows]
+
+  def write_metrics(step, metrics):
+    metrics = jax.device_get(metrics)
+    loss_M = metrics["loss_sum"] / np.maximum(metrics["count"], 1.0)
+    scalars = {f"train/loss/{name}": float(loss) for name, loss in zip(names, loss_M)}
+    scalars["train/loss_mean"] = float(np.mean(loss_M))
+    scalars["train/diverged_members"] = int(np.sum(metrics["diverged"]))
+    writer.write(step, scalars)
+    progress.set_postfix(loss=float(np.mean(loss_M)))
+
+  late = LateFetch(write_metrics)
+  ckpt = checkpoint.Checkpointer(os.path.join(work_dir, "checkpoints"))
+  try:
+    for step, batch in patches.iterate(start, total - start):
+      states, metrics = train_step(states, member_arrays, members.place(batch, program.shared_sharding))
+      done = step + 1
+      late.dispatched(done, metrics, keep=is_time(done, config.train.log_every, total))
+      progress.update(1)
+      if is_time(done, config.train.checkpoint_every, total):
+        late.flush()
+        ckpt.save(done, states, dict(sweep.meta, step=done))
+  finally:
+    progress.close()
+    writer.close()
+    ckpt.close()
+  return sweep, states
+
+
+def _device_batches(program, dataset, indices, batch_size, with_masks=False):
+  """Whole-image batches placed for the program, with the mask of real (not padding) images and their indices."""
+  for batch in sampler.whole_image_batches(dataset, indices, batch_size, with_masks=with_masks):
+    keep = batch["weight"] > 0
+    placed = members.place({k: v for k, v in batch.items() if k != "index"}, program.shared_sharding)
+    yield placed, keep, batch
+
+
+def evaluate_members(sweep, states, dataset, split, batch_size: int):
+  """Per-member, per-image results on every split: mask fraction, target and pixel counts against truth."""
+  with_masks = dataset.masks is not None
+  raw = {}
+  for name in ("train", "val", "test"):
+    idx = split.get(name)
+    if idx is None or len(idx) == 0:
+      continue
+    parts = []
+    for placed, keep, batch in _device_batches(sweep.program, dataset, idx, batch_size, with_masks):
+      out = jax.device_get(sweep.program.eval_step(states, sweep.member_arrays, placed))
+      parts.append({"index": batch["index"][keep], "label": batch["label"][keep],
+                    **{k: v[:, keep] for k, v in out.items()}})
+    raw[name] = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+  return raw
+
+
+def overlay_masks(sweep, states, dataset, indices, batch_size):
+  """Masks of every member for chosen images: (M, len(indices), H, W) float32."""
+  masks = [np.asarray(jax.device_get(sweep.program.predict_masks(states, sweep.member_arrays, placed)))[:, keep]
+           for placed, keep, _ in _device_batches(sweep.program, dataset, indices, batch_size)]
+  return np.concatenate(masks, axis=1)
+
+
+def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
+  """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
+  hyps = program_lib.validate_config(config)
+  check_patch_fits(config)
+  program_lib.check_memory(config, len(hyps))
+  work_dir = os.path.abspath(work_dir)
+  os.makedirs(work_dir, exist_ok=True)
+  with workdir.WorkdirLock(work_dir):
+    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+    dataset, split = prepare_training_data(config, work_dir)
+    sweep, states = train(config, work_dir, dataset, split, hyps, quiet)
+    return finish(config, work_dir, dataset, split, sweep, states, quiet)
+
+
+def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict:
+  """Evaluation, summary, figures and report from trained states (shared by the sweep and `evaluate`)."""
+  log("evaluating every member on whole images", quiet)
+  raw = evaluate_members(sweep, states, dataset, split, config.eval.batch_size)
+  final_targets_MxT = np.asarray(jax.device_get(sweep.program.final_targets(states, sweep.member_arrays)))
+  diverged_M = np.asarray(jax.device_get(states.diverged))
+  held_out = split["test"] if len(split.get("test", [])) else split["val"]
+  overlay_idx = splits.pick_overlay_images(dataset.labels, held_out, config.eval.num_overlays)
+  masks = overlay_masks(sweep, states, dataset, overlay_idx, config.eval.batch_size)
+  rf = analysis.receptive_field("segmentation", config.model.c, config.model.d, config.model.n, config.model.N)
+  summary = results.summarise(
+      raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
+      diverged=diverged_M, dataset=dataset, receptive_field=rf, num_bootstrap=config.eval.bootstrap,
+      seed=config.seed)
+  summary["config"] = config.to_dict()
+  summary["determinism"] = determinism.record()
+  write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
+  log(results.headline(summary), quiet)
+  return summary
+
+
+def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_report=True):
+  """sweep.json, the figures and report.html; each file replaced atomically, checkpoints untouched."""
+  from copper_jax.viz import plots, report  # matplotlib is imported only when figures are drawn
+  figures = plots.sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
+  summary["figures"] = {k: os.path.relpath(v, work_dir) for k, v in figures.items()}
+  workdir.atomic_write_json(os.path.join(work_dir, SWEEP_FILE), summary)
+  if make_report:
+    report.save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
+    write_report(work_dir, summary)
+
+
+def write_report(work_dir, summary, classifier_dir=None) -> str:
+  """report.html, with a classifier workdir's results and its CAMs of the mask viewer's images next to the masks;
+  `classifier_dir` defaults to the sweep config's eval.classifier_workdir."""
+  from copper_jax.viz import report
+  classifier_dir = classifier_dir or summary.get("config", {}).get("eval", {}).get("classifier_workdir") or None
+  overlays = os.path.join(work_dir, report.OVERLAYS_FILE)
+  cams = None
+  if classifier_dir and os.path.exists(overlays):
+    with np.load(overlays) as f:
+      paths = [os.path.join(summary["data"]["root"], str(rel)) for rel in f["path"]]
+    cams = _classifier_cams(classifier_dir, paths)
+  return report.write_sweep_report(work_dir, summary, classifier_dir=classifier_dir, cams=cams)
+
+
+def _classifier_cams(classifier_dir, paths):
+  """The classifier's CAMs of these images, or the reason there are none (a string)."""
+  from copper_jax import predict  # the classifier's program, only when a classifier workdir is named
+  from copper_jax.errors import UserError
+  try:
+    return predict.classifier_cams(classifier_dir, paths)
+  except UserError as e:
+    return str(e)
+
+
+def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:
+  """Recomputes sweep.json, the figures and the report from the workdir's saved config and latest checkpoint.
+
+  The checkpoints are only read. A sweep reports every split and ranks on validation.
+  """
+  work_dir = os.path.abspath(work_dir)
+  with workdir.WorkdirLock(work_dir):
+    dataset, split = prepare_data(config, work_dir)
+    sweep = program_lib.build(config, dataset, num_train_images=len(split["train"]))
+    states, step = program_lib.restore(work_dir, sweep)
+    if states is None:
+      raise CheckpointError(f"no checkpoint in {work_dir}/checkpoints; train first with launch/sweep.py")
+    log(f"evaluating the sweep checkpoint of step {step}", quiet)
+    return finish(config, work_dir, dataset, split, sweep, states, quiet)
