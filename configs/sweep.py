@@ -5,6 +5,9 @@ Presets (`--config=configs/sweep.py:PRESET`):
          python launch/sweep.py --config=configs/sweep.py:smoke --workdir=/tmp/sweep_smoke
   demo   the README's main job, about 5 minutes on 2 CPU cores, on the generated synthetic demo set:
          python launch/sweep.py --config=configs/sweep.py:demo --workdir=runs/demo
+  drift  the demo with brightness and focus drifting with t on top of the real area change: the permuted-target
+         control must fire (the model can read t from brightness); confounded: t carried by blur alone
+         python launch/sweep.py --config=configs/sweep.py:drift --workdir=runs/drift
   paper  the paper's shapes (960x1280 images, 40/5/5 split, larger net); meant for a GPU:
          python launch/sweep.py --config=configs/sweep.py:paper --workdir=runs/paper --config.data.root=/data/sem
 
@@ -30,6 +33,11 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)",
                        "saturating_exp(beta=3)", "sigmoid(slope=10, mid=0.5)", "learned")
   config.num_seeds = 2
+
+  # The negative control that needs no ground truth: members trained on the linear targets in a scrambled label
+  # order. A model that reads only local texture cannot fit them; one that reads t from any other cue can, and then
+  # the verdict names no hypothesis (docs/science.md, "The permuted-target control").
+  config.control = ml_collections.ConfigDict({"permutations": 2})
 
   config.loss = ml_collections.ConfigDict()
   config.loss.kind = "mse"             # mse (the paper's eq. 4) | bce | interval
@@ -57,7 +65,6 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8
   config.eval.num_overlays = 6         # held-out images shown with their masks
-  config.eval.bootstrap = 2000         # resamples for the 95% intervals
   config.eval.report = True
   config.eval.classifier_workdir = ""  # a trained classifier's workdir: its CAMs and confusion join the report
 
@@ -73,9 +80,15 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.train.log_every = 2
     config.train.checkpoint_every = 3
     config.eval.num_overlays = 2
-    config.eval.bootstrap = 200
   elif preset == "demo":
-    pass
+    # Fields of view of one stress time differ in their smoothed fraction, as on real samples.
+    config.data.synthetic.fraction_jitter = 0.05
+  elif preset == "drift":
+    # A session effect on top of a real area change: every stress time imaged brighter and less sharp than the one
+    # before. The permuted-target control must catch a model that reads brightness or focus instead of area.
+    config.data.synthetic.fraction_jitter = 0.05
+    config.data.synthetic.drift_brightness = 0.3
+    config.data.synthetic.drift_blur = 1.0
   elif preset == "confounded":
     # The negative control: stress time is carried by a global blur, the smoothed fraction is the same for every
     # label. A sweep here should NOT single out a hypothesis, and its masks should not localise anything.
@@ -107,6 +120,6 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.optim.learning_rate = 1e-3
     config.eval.batch_size = 4
   else:
-    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, paper, confounded or "
-                     f"science")
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, drift, paper, confounded "
+                     f"or science")
   return config

@@ -15,11 +15,13 @@ def test_true_hypothesis_ranks_first_and_masks_localise(tmp_path):
   config = sweep_configs.get_config("science")
   summary = sweep.run_sweep(config, str(tmp_path), quiet=True)
 
-  assert summary["f_true"]["closest_hypothesis"] == "linear"
+  assert summary["control"]["state"] == "passed", summary["control"]["text"]
+  assert summary["f_true"]["closest_hypothesis"] == "linear" and summary["f_true"]["closest_ranked_first"]
   assert summary["ranking"][0] == "linear", summary["ranking"]
-  assert summary["distinguishable"], summary["verdict"]
-  rivals = [h for h in summary["hypotheses"] if h["name"] != "linear"]
+  assert summary["leader"] == "linear" and summary["distinguishable"], summary["verdict"]
+  rivals = [h for h in summary["hypotheses"] if h["name"] != "linear" and not h["control"]]
   assert all(h["excess_over_leader"]["ci95"][0] > 0 for h in rivals)
+  assert summary["verdict"].startswith("linear fits best")
 
   leader = next(h for h in summary["hypotheses"] if h["name"] == "linear")
   constant = summary["iou_all_smoothed_baseline"]["mean_iou"]

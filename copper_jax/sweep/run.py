@@ -134,8 +134,7 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   rf = analysis.receptive_field("segmentation", config.model.c, config.model.d, config.model.n, config.model.N)
   summary = results.summarise(
       raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
-      diverged=diverged_M, dataset=dataset, receptive_field=rf, num_bootstrap=config.eval.bootstrap,
-      seed=config.seed)
+      diverged=diverged_M, dataset=dataset, receptive_field=rf)
   summary["config"] = config.to_dict()
   summary["determinism"] = determinism.record()
   write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
