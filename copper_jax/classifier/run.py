@@ -165,11 +165,16 @@ def evaluate_state(config, work_dir, dataset, split, program, state, checkpoint_
       "model": {**analysis.describe("classifier", c, d, n, N, dataset.num_classes), "c": c, "d": d, "n": n, "N": N,
                 "norm": config.model.norm, "dtype": config.model.dtype},
       "splits": {},
+      # Per image, so an expert's blind-test answers can be paired with the model's on the same images.
+      "predictions": {},
   }
   for name, idx in split.items():
     pred = predict_split(program, state, dataset, idx, config.eval.batch_size)
     results["splits"][name] = {**metrics.summary(pred["label"], pred["logits"].argmax(-1), dataset.num_classes),
                                "loss": pred["loss"]}
+    results["predictions"][name] = [
+        {"path": dataset.paths[i], "true_label": int(true), "predicted_label": int(predicted)}
+        for i, true, predicted in zip(pred["index"], pred["label"], pred["logits"].argmax(-1))]
   training_path = os.path.join(work_dir, TRAINING_FILE)
   results["training"] = workdir.read_json(training_path)
   shown = results["splits"][figure_split]
