@@ -88,8 +88,9 @@ class _TrainLog:
 def train(config, work_dir: str, dataset, split, program: ClassifierProgram, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier; returns the content of `workdir/training.json`."""
   train_idx, val_idx = split["train"], split.get("val", np.zeros(0, np.int64))
-  total = config_utils.total_steps(config.train, len(train_idx))
-  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size)
+  per_image = sampler.patches_per_image(dataset.image_shape, config.train.patch_size)
+  total = config_utils.total_steps(config.train, len(train_idx), patches_per_image=per_image)
+  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size, per_image)
   eval_every = per_epoch * config.train.eval_every_epochs
   meta = run_meta(config, dataset)
   ckpt = checkpointer(work_dir, len(val_idx) > 0)
@@ -243,7 +244,8 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   with workdir.WorkdirLock(work_dir):
     workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)
-    total = config_utils.total_steps(config.train, len(split["train"]))
+    total = config_utils.total_steps(config.train, len(split["train"]), patches_per_image=sampler.patches_per_image(
+        dataset.image_shape, config.train.patch_size))
     program = ClassifierProgram(config, dataset.num_classes, total)
     train(config, work_dir, dataset, split, program, quiet)
     state, info = restore_for_eval(config, work_dir, dataset, len(split.get("val", ())) > 0, program,
