@@ -3,6 +3,7 @@ only in the named keys, all of them validate, and the paper's chain (grid search
 extended from it) runs two steps; an epoch covers every training image's area once."""
 import json
 import os
+import re
 import types
 
 import numpy as np
@@ -141,3 +142,34 @@ def test_the_papers_chain_runs_two_steps_grid_then_segmentation_net_from_its_bes
   assert summary["config"]["optim"]["schedule"] == "constant" and summary["config"]["loss"]["binarise_weight"] == 0
   with open(tmp_path / "sweep" / "config.json") as f:
     assert json.load(f)["model"]["c"] == best["c"]  # resuming and evaluation see the derived net
+
+
+def test_every_row_of_docs_paper_points_at_code_and_tests_that_exist():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "docs", "paper.md"), encoding="utf-8") as f:
+    table = f.read().split("## The table", 1)[1].split("\n## ", 1)[0]
+  rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| **") and
+          not r.startswith("| element")]
+  assert len(rows) >= 30
+
+  def defined(path, name):
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    return re.search(rf"^\s*(def|class) {re.escape(name)}\b", text, re.M) is not None
+
+  for row in rows:
+    element, _, code, status, tests = (cell.strip() for cell in row.strip("|").split("|"))
+    assert status.split()[0].rstrip(";:,") in ("faithful", "departs", "extends", "ours", "settable"), element
+    named_tests = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", tests)
+    assert named_tests, f"{element}: no test named"
+    last_file = None
+    for file, name in named_tests:
+      last_file = os.path.join(root, "tests", file)
+      assert os.path.exists(last_file), f"{element}: {file}"
+      assert not name or defined(last_file, name), f"{element}: {file}::{name}"
+    for name in re.findall(r"`::(\w+)`", tests):  # `::name` continues the file named before it
+      assert defined(last_file, name), f"{element}: ::{name}"
+    for path, name in re.findall(r"`((?:copper_jax/|configs/|launch/)?[\w/]+\.py)(?:::(\w+))?", code):
+      found = [p for p in (os.path.join(root, path), os.path.join(root, "copper_jax", path)) if os.path.exists(p)]
+      assert found, f"{element}: {path}"
+      assert not name or defined(found[0], name), f"{element}: {path}::{name}"
