@@ -8,8 +8,12 @@ Presets (`--config=configs/sweep.py:PRESET`):
   drift  the demo with brightness and focus drifting with t on top of the real area change: the permuted-target
          control must fire (the model can read t from brightness); confounded: t carried by blur alone
          python launch/sweep.py --config=configs/sweep.py:drift --workdir=runs/drift
-  paper  the paper's shapes (960x1280 images, 40/5/5 split, larger net); meant for a GPU:
+  paper  the paper as it states itself (docs/paper.md): 960x1280 images, 40/5/5 split, Adam with its defaults and
+         no schedule, eq. 4 alone, 200 epochs, the net extended from the best classifier of the grid search in
+         runs/grid (configs/grid_search.py:paper); meant for a GPU:
          python launch/sweep.py --config=configs/sweep.py:paper --workdir=runs/paper --config.data.root=/data/sem
+  recommended  the paper's data and duration with our settings where they differ, each with its reason below:
+         python launch/sweep.py --config=configs/sweep.py:recommended --workdir=runs/rec --config.data.root=/data/sem
 
 Any key can be overridden, e.g. `--config.model.c=16 --config.num_seeds=3`; misspelt keys fail.
 """
@@ -29,6 +33,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
   # global fraction, which is what makes the ranking of hypotheses meaningful (docs/science.md, "Why the ranking can work").
   config.model = ml_collections.ConfigDict({"c": 8, "d": 2, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
+  config.model_from_grid = ""          # a grid-search workdir: model.c/d/n/N become its best classifier's
 
   config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)",
                        "saturating_exp(beta=3)", "sigmoid(slope=10, mid=0.5)", "learned")
@@ -105,7 +110,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.train.num_steps = 250
     config.train.checkpoint_every = 250
     config.eval.num_overlays = 4
-  elif preset == "paper":
+  elif preset in ("paper", "recommended"):
     config.data.synthetic.preset = "paper"
     config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
     config.data.crop_bottom = 0
@@ -119,7 +124,19 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1000
     config.optim.learning_rate = 1e-3
     config.eval.batch_size = 4
+    if preset == "paper":
+      config.optim.schedule = "constant"    # "Adam with its default parameterisation"
+      config.loss.binarise_weight = 0.0     # eq. 4 alone
+      # The paper extends the baseline classifier found by its grid search into the segmentation net.
+      config.model_from_grid = "runs/grid"
+    # recommended, where it departs from the paper:
+    # - model c=32 d=3 n=2 N=1 (receptive field 86 px) instead of the grid's best classifier: a net that sees far
+    #   enough to estimate the global fraction can fit any monotone g, and the ranking stops telling hypotheses
+    #   apart (docs/science.md, "Why the ranking can work");
+    # - binarise_weight 0.1: eq. 4 alone is met by a uniform gray mask of value g(t) that localises nothing;
+    # - cosine decay of the learning rate (the default above), the schedule of the presets whose results
+    #   docs/science.md reports; the paper's constant rate has not been tried on this net.
   else:
-    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, drift, paper, confounded "
-                     f"or science")
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, drift, paper, recommended, "
+                     f"confounded or science")
   return config

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from copper_jax import config_utils, hypotheses, members, optim
+from copper_jax.data import sampler
 from copper_jax.models import make_model
 from copper_jax.store import checkpoint
 from copper_jax.sweep import steps
@@ -147,7 +148,12 @@ def build(config, data, hyps=None, num_train_images: int | None = None) -> Sweep
   hyps = hypotheses.expand(config.hypotheses) if hyps is None else list(hyps)
   hyps = tuple(hyps + hypotheses.permuted_controls(data.num_classes, config.control.permutations, config.seed))
   member_arrays = member_table(hyps, config.num_seeds, data.tau)
-  total = None if num_train_images is None else config_utils.total_steps(config.train, num_train_images)
+  total = None
+  if num_train_images is not None:
+    # The image size counts only for a duration in epochs, each covering every training image's area once.
+    per_image = (sampler.patches_per_image(data.image_shape, config.train.patch_size) if config.train.num_epochs
+                 else 1)
+    total = config_utils.total_steps(config.train, num_train_images, patches_per_image=per_image)
   program = SweepProgram(config, data.num_classes, len(member_arrays["targets"]), total)
   fingerprint, config_hash = checkpoint.config_fingerprint(config, FINGERPRINT_KEYS)
   meta = {"config_hash": config_hash, "fingerprint": fingerprint, "hypotheses": [h.name for h in hyps],

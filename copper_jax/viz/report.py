@@ -156,6 +156,8 @@ def _run_table(summary):
   data, config = summary["data"], summary.get("config", {})
   model = config.get("model", {})
   train = config.get("train", {})
+  duration = (f"{train.get('num_steps')} steps" if train.get("num_steps") else
+              f"{train.get('num_epochs')} epochs (each covers every training image's area once)")
   rows = [
       ("data", f"{html.escape(str(data['root']))}"),
       ("images", f"{data['num_images']} of {data['image_shape'][0]} x {data['image_shape'][1]} pixels; split "
@@ -164,8 +166,7 @@ def _run_table(summary):
       ("skipped files", html.escape("; ".join(data.get("skipped", []))) or "none"),
       ("model", f"segmentation net c={model.get('c')} d={model.get('d')} n={model.get('n')} N={model.get('N')}, "
                 f"{model.get('norm')} norm; receptive field {summary['receptive_field']} pixels"),
-      ("training", f"{train.get('num_steps') or str(train.get('num_epochs')) + ' epochs'} steps of "
-                   f"{train.get('batch_size')} patches of {train.get('patch_size')} pixels, loss "
+      ("training", f"{duration} of {train.get('batch_size')} patches of {train.get('patch_size')} pixels, loss "
                    f"{html.escape(str(config.get('loss', {}).get('kind')))}; {summary['num_seeds']} seed(s) "
                    f"per hypothesis"),
       ("ranking", f"{html.escape(summary['ranking_measure'])}, on the {summary['rank_split']} split"),
