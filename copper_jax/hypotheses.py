@@ -242,30 +242,40 @@ def target_table(hypotheses: list[Hypothesis], tau_T: np.ndarray) -> np.ndarray:
   return np.stack(rows).astype(np.float32)
 
 
-def permuted_controls(num_labels: int, count: int, seed: int, max_rank_correlation: float = 0.3) -> list:
-  """`count` negative-control targets: the linear targets (evenly spaced over [0, 1]) in a scrambled label order.
+def _tent_ranks(num_labels: int) -> np.ndarray:
+  """For each label, the rank of its target in a tent: rising to a peak at the middle stress time, then falling
+  (ties between the two sides go to the earlier label)."""
+  height = -np.abs(np.arange(num_labels) - (num_labels - 1) / 2.0) - 1e-3 * np.arange(num_labels)
+  return np.argsort(np.argsort(height))
 
-  A model that only sees local texture gives a mean mask that is an affine function of the true fraction f(t), so
-  it cannot follow targets whose order over the labels is scrambled; a model that reads the stress time from any
-  other cue can. Each order is drawn from `seed` and kept only if its Spearman correlation with the label order
-  is at most `max_rank_correlation` in size (so neither monotone nor nearly so, whatever f is), and orders are
-  distinct. Returns [] when fewer than 4 labels leave no such order.
+
+def permuted_controls(num_labels: int, count: int, seed: int, max_rank_correlation: float = 0.3) -> list:
+  """`count` negative-control targets: the linear targets (evenly spaced over [0, 1]) in a label order that no
+  monotone curve can follow.
+
+  A model that only sees local texture gives a mean mask that is (close to) an affine function of the true fraction
+  f(t), monotone in t, so it cannot follow such targets; a model that reads the stress time from any other cue
+  (blur, brightness, ...) can, since any shape in t is then some function of that cue. The first control is the
+  tent, a single peak at the middle stress time (one turn: the easiest non-monotone shape for a model reading a
+  smooth cue such as brightness); the others are orders drawn from `seed`, each kept only if its Spearman
+  correlation with the label order is at most `max_rank_correlation` in size (scrambled: the hardest). Returns []
+  when fewer than 4 labels leave no such order.
   """
   if count <= 0 or num_labels < 4:
     return []
   values = np.linspace(0.0, 1.0, num_labels)
   rng = np.random.default_rng([seed, 0x5EED])
   ranks = np.arange(num_labels, dtype=np.float64)
-  controls, orders = [], set()
+  orders = [_tent_ranks(num_labels)]
   for _ in range(10_000):
+    if len(orders) >= count:
+      break
     order = rng.permutation(num_labels)
     rho = np.corrcoef(ranks, order.astype(np.float64))[0, 1]  # the ranks are the values: Pearson = Spearman
-    if abs(rho) <= max_rank_correlation and tuple(order) not in orders:
-      orders.add(tuple(order))
-      controls.append(Hypothesis(CONTROL, (("draw", len(controls) + 1), ("values", tuple(values[order].tolist())))))
-      if len(controls) == count:
-        break
-  return controls
+    if abs(rho) <= max_rank_correlation and not any(np.array_equal(order, o) for o in orders):
+      orders.append(order)
+  return [Hypothesis(CONTROL, (("draw", i + 1), ("values", tuple(values[order].tolist()))))
+          for i, order in enumerate(orders[:count])]
 
 
 def learned_curve(g_logits_Tm1, lo: float = 0.0, hi: float = 1.0):

@@ -78,7 +78,10 @@ def test_report_is_complete_and_self_contained(runs):
     np.testing.assert_array_equal(f["mask"][0], np.rint(masks[0] * 255).astype(np.uint8))
     assert list(f["path"]) == [dataset.paths[i] for i in chosen]
   data = json.loads(re.search(r'id="mask-data">(.*?)</script>', page, re.S)[1])
-  assert list(data) == summary["ranking"] and all(len(v) == len(chosen) for v in data.values())
+  # The menu offers the ranked hypotheses first, then the controls (and any diverged member), each with its masks.
+  assert list(data) == summary["ranking"] + [h["name"] for h in summary["hypotheses"]
+                                             if h["name"] not in summary["ranking"]]
+  assert all(len(v) == len(chosen) for v in data.values())
   assert page.count('alt="CAM of image') == len(chosen)
 
 

@@ -124,6 +124,7 @@ def test_golden_one_step_through_the_sweeps_own_train_step():
   config = sweep_configs.get_config("smoke")
   config.hypotheses = ("linear", "power(gamma=2)", "learned")
   config.num_seeds = 2
+  config.control.permutations = 0  # the controls' members are the same step on other targets
   config.model.update({"c": 4, "d": 2, "n": 1, "N": 1})
   config.train.patch_size = 16
   data = types.SimpleNamespace(num_classes=4, tau=np.linspace(0, 1, 4), stress_times=np.arange(4.0))
