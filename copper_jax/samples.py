@@ -5,6 +5,7 @@ fraction is on the hypothesis's scale, g(t_min) = 0 and g(t_max) = 1, not an abs
 stress time inverts that same g, so it is "the etching time whose images the model sees this much of", and is
 as good as g is.
 """
+import functools
 import math
 
 import jax.numpy as jnp
@@ -19,9 +20,13 @@ RANGE_SLACK = 0.1
 
 
 def t_quantile(p: float, df: float) -> float:
-  """The p-quantile (p > 0.5) of Student's t with `df` (possibly fractional) degrees of freedom."""
-  if not math.isfinite(df):
-    df = 1e6
+  """The p-quantile (p > 0.5) of Student's t with `df` (possibly fractional) degrees of freedom, to 3 digits."""
+  # Beyond 1000 degrees of freedom t is the normal to 3 digits, and float32 could no longer tell df + x^2 from df.
+  return _t_quantile(round(p, 6), round(min(df, 1000.0), 3))
+
+
+@functools.lru_cache(maxsize=1024)
+def _t_quantile(p: float, df: float) -> float:
   x_G = np.geomspace(1e-4, 1e5, 20001)
   # For x > 0, P(T <= x) = 1 - I_{df / (df + x^2)}(df / 2, 1 / 2) / 2.
   cdf_G = 1.0 - 0.5 * np.asarray(jsp.betainc(df / 2.0, 0.5, jnp.asarray(df / (df + x_G ** 2), jnp.float32)),
