@@ -21,7 +21,7 @@ import numpy as np
 from copper_jax import metrics
 from copper_jax.data import prepare
 from copper_jax.errors import UserError
-from copper_jax.store import workdir
+from copper_jax.store import tables, workdir
 from copper_jax.store.logs import log
 from copper_jax.viz import pixels
 
@@ -414,6 +414,7 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
     log(headline(expert, scores), quiet)
   if files:
     workdir.atomic_write_json(os.path.join(folder, RESULTS_FILE), results)
+    tables.write_blind_test_table(folder, results)
   return results
 
 

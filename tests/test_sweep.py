@@ -1,4 +1,5 @@
 """The main job end to end on tiny synthetic data: outputs, resume, evaluation from checkpoints, bad configs."""
+import csv
 import json
 import os
 import subprocess
@@ -45,6 +46,23 @@ def test_outputs_of_a_finished_sweep(finished):
   assert np.all(np.diff(learned) >= 0) and abs(learned[0]) < 1e-6 and abs(learned[-1] - 1) < 1e-6
   steps = [json.loads(line)["step"] for line in open(os.path.join(work_dir, "metrics.jsonl"))]
   assert steps == [2, 4, 6]
+  assert saved["figures"]["loss_curves"] == "figures/loss_curves.png"
+  # The CSV tables say what sweep.json says, for a spreadsheet.
+  assert saved["tables"] == {"ranking": "tables/ranking.csv", "mean_masks": "tables/mean_masks.csv",
+                             "learned_g": "tables/learned_g.csv"}
+  read = lambda name: list(csv.DictReader(open(os.path.join(work_dir, "tables", name), newline="")))
+  ranking = read("ranking.csv")
+  assert [r["hypothesis"] for r in ranking] == saved["ranking"]
+  for row in ranking:
+    h = next(h for h in saved["hypotheses"] if h["name"] == row["hypothesis"])
+    assert float(row["val_error"]) == h["loss"]["val"]["mean"]
+    assert [float(row["val_error_ci95_low"]), float(row["val_error_ci95_high"])] == h["loss"]["val"]["ci95"]
+    assert row["role"] == ("learned" if h["learned"] else "hypothesis")
+  masks = read("mean_masks.csv")
+  assert len(masks) == len(names) * 3 * len(saved["labels"]["stress_times"])
+  first = saved["hypotheses"][0]
+  assert float(masks[0]["mean_mask_on_g_scale"]) == first["mean_mask"][masks[0]["split"]][0]
+  assert [float(r["learned_g"]) for r in read("learned_g.csv")] == learned
 
 
 def test_evaluate_reproduces_the_training_run_exactly(finished):
