@@ -78,7 +78,7 @@ def curves_figure(summary):
   for ax in axes[-1]:
     ax.set_xlabel("stress time t")
   for ax in axes[:, 0]:
-    ax.set_ylabel("mean mask")
+    ax.set_ylabel("mean mask (g scale: 0 at t_min, 1 at t_max)", fontsize=7)
   fig.suptitle("Mean mask against stress time, per hypothesis (Figure 10)")
   fig.tight_layout()
   return fig
@@ -123,7 +123,7 @@ def learned_figure(summary):
   if "f_true" in summary:
     ax.plot(t, summary["f_true"]["values"], ":", color="gray", lw=1.5, label="true f")
   ax.set_xlabel("stress time t")
-  ax.set_ylabel("smoothed fraction")
+  ax.set_ylabel("smoothed fraction (g scale)")
   ax.set_ylim(-0.05, 1.05)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)

@@ -363,7 +363,8 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
 {figure('ranking', 'Ranking with 95% intervals')}
 <h2>Mean mask against stress time (Figure 10)</h2>
 <p>Per hypothesis, the mean mask of each split against t, over its target curve g(t): a hypothesis the model can
-follow has its points on its curve.</p>
+follow has its points on its curve. Mask fractions are on the hypothesis's scale (every g is pinned to 0 at the
+first stress time and 1 at the last), not absolute smoothed areas.</p>
 {figure('curves', 'Mean mask against stress time')}
 <h2>Masks on held-out images (Figure 9)</h2>
 {masks}
