@@ -59,6 +59,7 @@ FAMILIES: dict[str, tuple[Callable[..., Any], dict[str, float], dict[str, Callab
     "step": (_step, {"mid": 0.5}, {"mid": lambda v: 0 < v <= 1}),
 }
 SPECIAL = ("table", "learned")
+CONTROL = "permuted"  # the negative control's family: fixed targets scrambled over the labels, never a hypothesis
 ENDPOINT_KEYS = ("lo", "hi")
 
 
@@ -72,6 +73,8 @@ class Hypothesis:
 
   @property
   def name(self) -> str:
+    if self.control:
+      return f"{CONTROL}({dict(self.params)['draw']})"
     items = list(self.params)
     if self.lo != 0.0:
       items.append(("lo", self.lo))
@@ -87,12 +90,16 @@ class Hypothesis:
   def learned(self) -> bool:
     return self.family == "learned"
 
+  @property
+  def control(self) -> bool:
+    return self.family == CONTROL
+
   def __call__(self, tau):
     """g(tau) as a JAX array; tau in [0, 1]. A table has values at the labels only: use `target_table`."""
     tau = jnp.asarray(tau, jnp.float32)
     params = dict(self.params)
-    if self.family == "table":
-      raise ValueError("a table hypothesis is defined at the labels only; use target_table")
+    if self.family in ("table", CONTROL):
+      raise ValueError(f"a {self.family} hypothesis is defined at the labels only; use target_table")
     if self.family == "learned":
       # Before training, the learned curve starts as the straight line between its pinned endpoints.
       shape = tau
@@ -218,7 +225,7 @@ def target_table(hypotheses: list[Hypothesis], tau_T: np.ndarray) -> np.ndarray:
     if h.family == "table" and len(dict(h.params)["values"]) != len(tau_T):
       raise ConfigError(f"hypothesis {h.name!r}: the table has {len(dict(h.params)['values'])} values but the "
                         f"data have {len(tau_T)} labels; give one value per label")
-    if h.family == "table":
+    if h.family in ("table", CONTROL):
       row = h.lo + (h.hi - h.lo) * np.asarray(dict(h.params)["values"], np.float64)
     else:
       row = np.asarray(h(tau_T), np.float64)
@@ -227,12 +234,38 @@ def target_table(hypotheses: list[Hypothesis], tau_T: np.ndarray) -> np.ndarray:
     if row.min() < 0.0 or row.max() > 1.0:
       raise ConfigError(f"hypothesis {h.name!r} leaves [0, 1] (min {row.min():g}, max {row.max():g}); "
                         f"a fraction of area must lie in [0, 1]")
-    if np.any(np.diff(row) < -1e-9):
+    if not h.control and np.any(np.diff(row) < -1e-9):
       t = int(np.argmax(np.diff(row) < -1e-9))
       raise ConfigError(f"hypothesis {h.name!r} is not monotone: it falls from {row[t]:g} at label {t} to "
                         f"{row[t + 1]:g} at label {t + 1}; a smoothed fraction must not decrease with stress time")
     rows.append(row)
   return np.stack(rows).astype(np.float32)
+
+
+def permuted_controls(num_labels: int, count: int, seed: int, max_rank_correlation: float = 0.3) -> list:
+  """`count` negative-control targets: the linear targets (evenly spaced over [0, 1]) in a scrambled label order.
+
+  A model that only sees local texture gives a mean mask that is an affine function of the true fraction f(t), so
+  it cannot follow targets whose order over the labels is scrambled; a model that reads the stress time from any
+  other cue can. Each order is drawn from `seed` and kept only if its Spearman correlation with the label order
+  is at most `max_rank_correlation` in size (so neither monotone nor nearly so, whatever f is), and orders are
+  distinct. Returns [] when fewer than 4 labels leave no such order.
+  """
+  if count <= 0 or num_labels < 4:
+    return []
+  values = np.linspace(0.0, 1.0, num_labels)
+  rng = np.random.default_rng([seed, 0x5EED])
+  ranks = np.arange(num_labels, dtype=np.float64)
+  controls, orders = [], set()
+  for _ in range(10_000):
+    order = rng.permutation(num_labels)
+    rho = np.corrcoef(ranks, order.astype(np.float64))[0, 1]  # the ranks are the values: Pearson = Spearman
+    if abs(rho) <= max_rank_correlation and tuple(order) not in orders:
+      orders.add(tuple(order))
+      controls.append(Hypothesis(CONTROL, (("draw", len(controls) + 1), ("values", tuple(values[order].tolist())))))
+      if len(controls) == count:
+        break
+  return controls
 
 
 def learned_curve(g_logits_Tm1, lo: float = 0.0, hi: float = 1.0):

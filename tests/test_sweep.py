@@ -34,8 +34,11 @@ def test_outputs_of_a_finished_sweep(finished):
     assert os.path.exists(os.path.join(work_dir, name)), name
   saved = json.load(open(os.path.join(work_dir, "sweep.json")))
   names = [h["name"] for h in saved["hypotheses"]]
-  assert names == ["linear", "power(gamma=0.5)", "learned"]
-  assert sorted(saved["ranking"]) == sorted(names)
+  # The permuted-target controls follow the hypotheses; they are scored, never ranked.
+  assert names == ["linear", "power(gamma=0.5)", "learned", "permuted(1)", "permuted(2)"]
+  assert sorted(saved["ranking"]) == sorted(names[:3])
+  assert saved["control"]["ran"] and saved["control"]["state"] in ("passed", "inconclusive", "fired")
+  assert saved["evidence"]["text"] == "1 seed, 4 held-out (val) images of 4 stress times"
   for h in saved["hypotheses"]:
     lo, hi = h["loss"]["val"]["ci95"]
     assert lo <= h["loss"]["val"]["mean"] <= hi

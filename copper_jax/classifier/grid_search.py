@@ -170,6 +170,24 @@ def _summary(config, rows, points) -> dict:
           "best": trained[0]["name"] if trained else None, "finished": len(rows) == len(points)}
 
 
+def best_architecture(grid_dir: str) -> dict:
+  """{"c", "d", "n", "N"} of the best trained point of the finished search in `grid_dir` (its grid.json)."""
+  path = os.path.join(os.path.abspath(grid_dir), "grid.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: no grid.json there; run launch/grid_search.py "
+                      f"--config=configs/grid_search.py:paper --workdir={grid_dir} first, or set it to '' and choose "
+                      "config.model.c/d/n/N yourself")
+  grid = workdir.read_json(path, fix="rerun the grid search to rewrite it")
+  if not grid.get("finished"):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: the grid search there is unfinished "
+                      f"({len(grid.get('points', []))} of {grid.get('num_points')} points); rerun it to finish")
+  if not grid.get("best"):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: no point of that grid search was trained (see its "
+                      "grid.md); raise grid.budget_mb and rerun it")
+  best = next(r for r in grid["points"] if r["name"] == grid["best"])
+  return {axis: int(best[axis]) for axis in AXES}
+
+
 def headline(grid: dict) -> str:
   if grid["best"] is None:
     return "grid search: no point was trained (all skipped or failed); raise grid.budget_mb or check grid.md"

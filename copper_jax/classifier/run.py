@@ -88,8 +88,9 @@ class _TrainLog:
 def train(config, work_dir: str, dataset, split, program: ClassifierProgram, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier; returns the content of `workdir/training.json`."""
   train_idx, val_idx = split["train"], split.get("val", np.zeros(0, np.int64))
-  total = config_utils.total_steps(config.train, len(train_idx))
-  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size)
+  per_image = sampler.patches_per_image(dataset.image_shape, config.train.patch_size)
+  total = config_utils.total_steps(config.train, len(train_idx), patches_per_image=per_image)
+  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size, per_image)
   eval_every = per_epoch * config.train.eval_every_epochs
   meta = run_meta(config, dataset)
   ckpt = checkpointer(work_dir, len(val_idx) > 0)
@@ -165,11 +166,16 @@ def evaluate_state(config, work_dir, dataset, split, program, state, checkpoint_
       "model": {**analysis.describe("classifier", c, d, n, N, dataset.num_classes), "c": c, "d": d, "n": n, "N": N,
                 "norm": config.model.norm, "dtype": config.model.dtype},
       "splits": {},
+      # Per image, so an expert's blind-test answers can be paired with the model's on the same images.
+      "predictions": {},
   }
   for name, idx in split.items():
     pred = predict_split(program, state, dataset, idx, config.eval.batch_size)
     results["splits"][name] = {**metrics.summary(pred["label"], pred["logits"].argmax(-1), dataset.num_classes),
                                "loss": pred["loss"]}
+    results["predictions"][name] = [
+        {"path": dataset.paths[i], "true_label": int(true), "predicted_label": int(predicted)}
+        for i, true, predicted in zip(pred["index"], pred["label"], pred["logits"].argmax(-1))]
   training_path = os.path.join(work_dir, TRAINING_FILE)
   results["training"] = workdir.read_json(training_path)
   shown = results["splits"][figure_split]
@@ -238,7 +244,8 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   with workdir.WorkdirLock(work_dir):
     workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)
-    total = config_utils.total_steps(config.train, len(split["train"]))
+    total = config_utils.total_steps(config.train, len(split["train"]), patches_per_image=sampler.patches_per_image(
+        dataset.image_shape, config.train.patch_size))
     program = ClassifierProgram(config, dataset.num_classes, total)
     train(config, work_dir, dataset, split, program, quiet)
     state, info = restore_for_eval(config, work_dir, dataset, len(split.get("val", ())) > 0, program,

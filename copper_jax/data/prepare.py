@@ -39,6 +39,11 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.synthetic.num_labels = 0         # 0: the preset's value
   data.synthetic.images_per_label = 0   # 0: the preset's value
   data.synthetic.size = 0               # image height and width in pixels; 0: the preset's value
+  # Bends of the method's assumption (docs/science.md): each field of view's fraction scattered around f(t), and a
+  # brightness (relative) and defocus (pixels of blur) drift growing with t on top of the real area change.
+  data.synthetic.fraction_jitter = 0.0
+  data.synthetic.drift_brightness = 0.0
+  data.synthetic.drift_blur = 0.0
   return data
 
 
@@ -58,6 +63,7 @@ def check_patch_fits(config) -> None:
 def _synthetic_overrides(syn) -> dict:
   """The synthetic set's size settings that differ from its preset."""
   overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
+  overrides.update({k: syn[k] for k in ("fraction_jitter", "drift_brightness", "drift_blur") if k in syn})
   if syn.size > 0:
     overrides.update(height=syn.size, width=syn.size)
   return overrides

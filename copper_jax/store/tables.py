@@ -93,11 +93,15 @@ def write_sweep_tables(work_dir: str, summary: dict) -> dict:
 
 def write_blind_test_table(folder: str, results: dict) -> str:
   """Writes FOLDER/results.csv, one row per expert (and the classifier on the same test split)."""
-  header = ["who", "answered", "total", "accuracy", "mae_label_steps", "spearman"]
-  rows = [[name, s["answered"], s["total"], s["accuracy"], s["mae_label_steps"], s["spearman"]]
-          for name, s in sorted(results["experts"].items())]
+  header = ["who", "answered", "total", "accuracy", "mae_label_steps", "spearman", "paired_images",
+            "mcnemar_p_vs_classifier", "verdict_vs_classifier"]
+  rows = []
+  for name, s in sorted(results["experts"].items()):
+    paired = s.get("comparison") or {}
+    rows.append([name, s["answered"], s["total"], s["accuracy"], s["mae_label_steps"], s["spearman"],
+                 paired.get("num_images"), paired.get("mcnemar_p"), paired.get("verdict")])
   model = results.get("model")
   if model:
     rows.append(["classifier", model.get("num_images"), model.get("num_images"), model.get("accuracy"),
-                 model.get("mae_label_steps"), model.get("spearman")])
+                 model.get("mae_label_steps"), model.get("spearman"), None, None, None])
   return _write(folder, "results.csv", header, rows)

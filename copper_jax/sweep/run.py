@@ -4,6 +4,7 @@
 `launch/evaluate.py` calls. The program itself (steps, member table, restore) is `sweep.program`; the statistics
 are `sweep.results`; this module is the job around them: the training loop, evaluation and the files it writes.
 """
+import copy
 import os
 
 import jax
@@ -109,8 +110,24 @@ def overlay_masks(sweep, states, dataset, indices, batch_size):
   return np.concatenate(masks, axis=1)
 
 
+def model_from_grid(config, quiet: bool = False):
+  """`config`, or a copy whose model.c/d/n/N are those of the best classifier of the grid search named by
+  `config.model_from_grid`: the paper extends that baseline into its segmentation net."""
+  grid_dir = config.get("model_from_grid", "")
+  if not grid_dir:
+    return config
+  from copper_jax.classifier import grid_search  # only when a grid search is named
+  best = grid_search.best_architecture(grid_dir)
+  config = copy.deepcopy(config)
+  config.model.update(best)
+  log(f"segmentation net from the best classifier of {grid_dir}: " + ", ".join(f"{k}={v}" for k, v in best.items()),
+      quiet)
+  return config
+
+
 def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
+  config = model_from_grid(config, quiet)
   hyps = program_lib.validate_config(config)
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
@@ -135,8 +152,7 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   rf = analysis.receptive_field("segmentation", config.model.c, config.model.d, config.model.n, config.model.N)
   summary = results.summarise(
       raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
-      diverged=diverged_M, dataset=dataset, receptive_field=rf, num_bootstrap=config.eval.bootstrap,
-      seed=config.seed)
+      diverged=diverged_M, dataset=dataset, receptive_field=rf)
   summary["config"] = config.to_dict()
   summary["determinism"] = determinism.record()
   write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)

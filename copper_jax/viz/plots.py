@@ -28,16 +28,17 @@ def save(fig, path) -> str:
 
 
 def ranking_figure(summary):
-  """Held-out error of each hypothesis with its 95% interval, best first (diverged ones listed apart)."""
+  """Held-out error of each hypothesis with its 95% interval, best first; the permuted-target controls below them."""
   split = summary["rank_split"]
   rows = [r for r in summary["hypotheses"] if r["rank"] is not None]
   rows.sort(key=lambda r: r["rank"])
+  rows += [r for r in summary["hypotheses"] if r.get("control") and split in r["loss"]]
   fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
   means = np.array([r["loss"][split]["mean"] for r in rows])
   lo = means - np.array([r["loss"][split]["ci95"][0] for r in rows])
   hi = np.array([r["loss"][split]["ci95"][1] for r in rows]) - means
   y = np.arange(len(rows))[::-1]
-  colors = ["tab:red" if r.get("learned") else "tab:blue" for r in rows]
+  colors = ["tab:gray" if r.get("control") else "tab:red" if r.get("learned") else "tab:blue" for r in rows]
   ax.errorbar(means, y, xerr=[lo, hi], fmt="none", ecolor="gray", capsize=3)
   ax.scatter(means, y, c=colors, zorder=3)
   ax.set_yticks(y, [r["name"] for r in rows])
@@ -48,7 +49,8 @@ def ranking_figure(summary):
   for label in ax.get_yticklabels():
     if label.get_text() == truth:
       label.set_fontweight("bold")
-  ax.set_title("Hypotheses ranked by held-out error" + (" (bold: closest to the true f)" if truth else ""))
+  ax.set_title("Hypotheses ranked by held-out error" + (" (bold: closest to the true f)" if truth else "")
+               + "\ngray: permuted-target controls, which a sound model cannot fit", fontsize=9)
   ax.grid(axis="x", alpha=0.3)
   return fig
 
@@ -68,7 +70,8 @@ def curves_figure(summary):
       color, marker = SPLIT_STYLE[split]
       values = np.array([np.nan if v is None else v for v in points])
       ax.plot(t, values, marker=marker, ls="none", ms=4, color=color, label=split)
-    title = f"#{r['rank']} {r['name']}" if r["rank"] else f"{r['name']} (diverged)"
+    title = (f"control {r['name']}" if r.get("control") else f"#{r['rank']} {r['name']}" if r["rank"]
+             else f"{r['name']} (diverged)")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
@@ -141,7 +144,7 @@ def sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW) -> dic
   paths["curves"] = save(curves_figure(summary), os.path.join(out, "mask_vs_t.png"))
   num_seeds = summary["num_seeds"]
   shown = [r for r in sorted(summary["hypotheses"], key=lambda r: (r["rank"] is None, r["rank"] or 0))
-           if not r["diverged"]][:4]
+           if not r["diverged"] and not r.get("control")][:4]
   index = {r["name"]: k for k, r in enumerate(summary["hypotheses"])}
   members_shown = [(r["name"], members.member_index(index[r["name"]], 0, num_seeds)) for r in shown]
   if len(overlay_idx) and members_shown:
