@@ -5,13 +5,9 @@ fraction is on the hypothesis's scale, g(t_min) = 0 and g(t_max) = 1, not an abs
 stress time inverts that same g, so it is "the etching time whose images the model sees this much of", and is
 as good as g is.
 """
-import functools
-import math
-
-import jax.numpy as jnp
-import jax.scipy.special as jsp
 import numpy as np
 
+from copper_jax import stats
 from copper_jax.data import sem_metadata
 
 # The training range of a statistic is widened by this share of its width (or of its value, when all training
@@ -19,45 +15,25 @@ from copper_jax.data import sem_metadata
 RANGE_SLACK = 0.1
 
 
-def t_quantile(p: float, df: float) -> float:
-  """The p-quantile (p > 0.5) of Student's t with `df` (possibly fractional) degrees of freedom, to 3 digits."""
-  # Beyond 1000 degrees of freedom t is the normal to 3 digits, and float32 could no longer tell df + x^2 from df.
-  return _t_quantile(round(p, 6), round(min(df, 1000.0), 3))
-
-
-@functools.lru_cache(maxsize=1024)
-def _t_quantile(p: float, df: float) -> float:
-  x_G = np.geomspace(1e-4, 1e5, 20001)
-  # For x > 0, P(T <= x) = 1 - I_{df / (df + x^2)}(df / 2, 1 / 2) / 2.
-  cdf_G = 1.0 - 0.5 * np.asarray(jsp.betainc(df / 2.0, 0.5, jnp.asarray(df / (df + x_G ** 2), jnp.float32)),
-                                 np.float64)
-  return float(np.interp(p, np.maximum.accumulate(cdf_G), x_G))
-
-
 def sample_interval(fraction_SxN: np.ndarray, level: float = 0.95):
   """(mean, low, high, what the interval is over) of a sample's fractions, seeds S by fields of view N.
 
-  Fields of view and seeds are the two things a rerun would change: the variance of the grand mean is taken as
-  var(field means over seeds) / N + var(seed means over fields) / S, each term carrying some of the residual (so
-  it errs wide), with Welch-Satterthwaite degrees of freedom for a Student t interval. With one field and one
-  seed there is nothing to vary: no interval.
+  Fields of view and seeds are the two things a rerun would change, both random: the interval is the sweep's
+  (`stats.crossed_mean_interval`, a Student t interval with Welch-Satterthwaite degrees of freedom) with the fields
+  as its units, all of one label. With a single field it is over the seeds alone; with one field and one seed
+  there is nothing to vary, and no interval.
   """
   S, N = fraction_SxN.shape
   mean = float(fraction_SxN.mean())
-  parts = []
   if N > 1:
-    parts.append((fraction_SxN.mean(0).var(ddof=1) / N, N - 1))
-  if S > 1:
-    parts.append((fraction_SxN.mean(1).var(ddof=1) / S, S - 1))
-  over = " and ".join(w for w, n in (("fields of view", N), ("seeds", S)) if n > 1)
-  if not parts:
+    result, over = stats.crossed_mean_interval(fraction_SxN, np.zeros(N), level), "fields of view"
+  elif S > 1:  # the seeds are then the only units
+    result, over = stats.crossed_mean_interval(fraction_SxN.T, np.zeros(S), level), "seeds"
+  else:
     return mean, None, None, "none (one field of view, one seed)"
-  variance = sum(v for v, _ in parts)
-  if variance <= 0:
-    return mean, mean, mean, over
-  df = variance ** 2 / sum(v ** 2 / d for v, d in parts if v > 0)
-  half = t_quantile(0.5 + level / 2, df) * math.sqrt(variance)
-  return mean, mean - half, mean + half, over
+  if N > 1 and S > 1:
+    over = "fields of view and seeds"
+  return mean, float(result["ci"][0]), float(result["ci"][1]), over
 
 
 def equivalent_stress_time(fraction: float, g_T: np.ndarray, stress_times_T: np.ndarray):

@@ -1,4 +1,5 @@
 """The sweep report: self-contained, complete, and rendered by headless Chromium without console errors."""
+import html
 import json
 import os
 import re
@@ -74,7 +75,7 @@ def test_report_is_complete_and_self_contained(runs):
   page = open(sweep.write_report(sweep_dir, summary, classifier_dir=clf_dir)).read()
   assert _external_references(page) == []
   assert "Content-Security-Policy" in page  # the browser itself refuses any network request
-  for text in (summary["verdict"], sweep_results.WHAT_THE_MASK_IS, "Figure 10", "Figure 9",
+  for text in (html.escape(summary["verdict"]), html.escape(sweep_results.WHAT_THE_MASK_IS), "Figure 10", "Figure 9",
                "The learned hypothesis", "Stress-time classifier", "receptive field 10 pixels", "Training curves",
                'alt="Loss curves"', "Tables for spreadsheets"):
     assert text in page, text

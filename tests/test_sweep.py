@@ -56,14 +56,17 @@ def test_outputs_of_a_finished_sweep(finished):
                              "learned_g": "tables/learned_g.csv"}
   read = lambda name: list(csv.DictReader(open(os.path.join(work_dir, "tables", name), newline="")))
   ranking = read("ranking.csv")
-  assert [r["hypothesis"] for r in ranking] == saved["ranking"]
+  assert [r["hypothesis"] for r in ranking if r["rank"]] == saved["ranking"]
+  assert [r["hypothesis"] for r in ranking] == saved["ranking"] + [
+      h["name"] for h in saved["hypotheses"] if h["name"] not in saved["ranking"]]
   for row in ranking:
     h = next(h for h in saved["hypotheses"] if h["name"] == row["hypothesis"])
     assert float(row["val_error"]) == h["loss"]["val"]["mean"]
     assert [float(row["val_error_ci95_low"]), float(row["val_error_ci95_high"])] == h["loss"]["val"]["ci95"]
-    assert row["role"] == ("learned" if h["learned"] else "hypothesis")
+    assert row["role"] == ("control" if h.get("control") else "learned" if h["learned"] else "hypothesis")
+  assert {r["role"] for r in ranking} == {"hypothesis", "learned", "control"}
   masks = read("mean_masks.csv")
-  assert len(masks) == len(names) * 3 * len(saved["labels"]["stress_times"])
+  assert len(masks) == len(saved["hypotheses"]) * 3 * len(saved["labels"]["stress_times"])
   first = saved["hypotheses"][0]
   assert float(masks[0]["mean_mask_on_g_scale"]) == first["mean_mask"][masks[0]["split"]][0]
   assert [float(r["learned_g"]) for r in read("learned_g.csv")] == learned
