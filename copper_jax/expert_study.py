@@ -24,7 +24,7 @@ import numpy as np
 from copper_jax import metrics
 from copper_jax.data import prepare
 from copper_jax.errors import UserError
-from copper_jax.store import workdir
+from copper_jax.store import tables, workdir
 from copper_jax.store.logs import log
 from copper_jax.viz import pixels
 
@@ -500,6 +500,7 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
   if files:
     write_answers_csv(os.path.join(folder, ANSWERS_CSV), rows)
     workdir.atomic_write_json(os.path.join(folder, RESULTS_FILE), results)
+    tables.write_blind_test_table(folder, results)
   return results
 
 

@@ -24,6 +24,8 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.crop_bottom = 0          # pixels of SEM info bar to remove
   data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
   data.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
+  # "refuse": stop when the images' metadata give different pixel sizes (magnifications); "allow": warn only.
+  data.mixed_pixel_sizes = "refuse"
   # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
   # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by
   # a function of f(t), a global cue a local model could read (docs/science.md, "Why the ranking can work").
@@ -80,7 +82,8 @@ def prepare_data(config, work_dir: str):
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
                                # workdirs saved before the key existed hold no limit of their own
-                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS))
+                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS),
+                               mixed_pixel_sizes=config.data.get("mixed_pixel_sizes", "refuse"))
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
@@ -103,6 +106,9 @@ class DataSummary:
   mean: float               # the dataset standardisation, in pixel units (unused when config.data.standardise is
   std: float                # "image")
   split_sizes: dict         # images per split
+  # What new images are checked against (None in summaries written before these were recorded):
+  pixel_size_nm: float | None = None   # median pixel size of the training images, from their metadata
+  intensity_range: dict | None = None  # {"mean": [lo, hi], "std": [lo, hi]}: the training images' own mean and std
 
   @property
   def num_classes(self) -> int:
@@ -117,7 +123,10 @@ class DataSummary:
     return cls(stress_times=np.asarray(dataset.stress_times, np.float64), label_names=list(dataset.label_names),
                image_shape=tuple(dataset.image_shape), dtype=np.dtype(dataset.images[0].dtype),
                mean=float(dataset.mean[0]), std=float(dataset.std[0]),
-               split_sizes={name: len(paths) for name, paths in split.items()})
+               split_sizes={name: len(paths) for name, paths in split.items()},
+               pixel_size_nm=dataset.pixel_size_nm,
+               intensity_range={"mean": [float(dataset.intensity_mean.min()), float(dataset.intensity_mean.max())],
+                                "std": [float(dataset.intensity_std.min()), float(dataset.intensity_std.max())]})
 
 
 def save_summary(work_dir: str, dataset, split: dict) -> None:
@@ -126,7 +135,8 @@ def save_summary(work_dir: str, dataset, split: dict) -> None:
   workdir.atomic_write_json(os.path.join(work_dir, SUMMARY_FILE), {
       "stress_times": summary.stress_times.tolist(), "label_names": summary.label_names,
       "image_shape": list(summary.image_shape), "dtype": summary.dtype.name, "mean": summary.mean,
-      "std": summary.std, "split_sizes": summary.split_sizes})
+      "std": summary.std, "split_sizes": summary.split_sizes, "pixel_size_nm": summary.pixel_size_nm,
+      "intensity_range": summary.intensity_range})
 
 
 def prepare_training_data(config, work_dir: str):
@@ -147,7 +157,8 @@ def load_summary(config, work_dir: str) -> DataSummary:
       raw = json.load(f)
     return DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64), label_names=list(raw["label_names"]),
                        image_shape=tuple(raw["image_shape"]), dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]),
-                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()})
+                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+                       pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
                     f"instead") from None

@@ -1,6 +1,5 @@
 """Safe files in a workdir: atomic writes, one process per workdir, the run's config.json."""
 import errno
-import fcntl
 import json
 import os
 import tempfile
@@ -100,6 +99,7 @@ class WorkdirLock:
   def __enter__(self) -> "WorkdirLock":
     if self._fd is not None:
       raise RuntimeError(f"WorkdirLock for {self.workdir} is already held by this object")
+    fcntl = _fcntl()
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -124,9 +124,20 @@ class WorkdirLock:
   def release(self) -> None:
     """Drops the lock (also done by the kernel when the process exits)."""
     if self._fd is not None:
+      fcntl = _fcntl()
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+def _fcntl():
+  """The POSIX fcntl module; UserError on systems without it, so the package still imports there."""
+  try:
+    import fcntl
+  except ImportError:
+    raise UserError("copper_jax's workdir lock needs POSIX file locks (Linux or macOS); on Windows run it in WSL2") \
+        from None
+  return fcntl
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -16,7 +16,8 @@ from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_trai
 from copper_jax.errors import CheckpointError
 from copper_jax.models import analysis
 from copper_jax.store import checkpoint, workdir
-from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, truncate_after
+from copper_jax.store import tables
+from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, read_metrics, truncate_after
 from copper_jax.sweep import program as program_lib
 from copper_jax.sweep import results
 
@@ -163,7 +164,12 @@ def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_r
   """sweep.json, the figures and report.html; each file replaced atomically, checkpoints untouched."""
   from copper_jax.viz import plots, report  # matplotlib is imported only when figures are drawn
   figures = plots.sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
+  training = read_metrics(work_dir)
+  if training:
+    figures["loss_curves"] = plots.save(plots.loss_curves_figure(training),
+                                        os.path.join(work_dir, "figures", "loss_curves.png"))
   summary["figures"] = {k: os.path.relpath(v, work_dir) for k, v in figures.items()}
+  summary["tables"] = tables.write_sweep_tables(work_dir, summary)
   workdir.atomic_write_json(os.path.join(work_dir, SWEEP_FILE), summary)
   if make_report:
     report.save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)

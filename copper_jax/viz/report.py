@@ -309,6 +309,39 @@ def _blind_test_section(folders):
   return "".join(parts)
 
 
+def _training_section(work_dir, summary):
+  """The loss curves drawn from metrics.jsonl, when the sweep wrote them."""
+  path = summary.get("figures", {}).get("loss_curves")
+  if not path or not os.path.exists(os.path.join(work_dir, path)):
+    return ""
+  return ("<h2>Training curves</h2><p>Loss per hypothesis against step, each seed thin and their mean thick, "
+          "from metrics.jsonl (which also records wall time and steps per second). A curve still falling at the "
+          "last step has not converged; its ranking may change with more training.</p>"
+          + _image(os.path.join(work_dir, path), "Loss curves"))
+
+
+def _tables_section(work_dir, summary, classifier_dir=None):
+  """Links to the CSV tables beside the report, for a spreadsheet."""
+  described = {
+      "ranking": "the ranking: each hypothesis's error per split with its 95% interval, its role (hypothesis, "
+                 "learned, control) and its excess over the leader",
+      "mean_masks": "mean mask fraction (on g's scale) per hypothesis, split and stress time, with its target g(t)",
+      "learned_g": "the learned g per stress time, per seed, and the isotonic fit of its masks",
+  }
+  links = [(rel, described.get(name, name)) for name, rel in summary.get("tables", {}).items()]
+  others = [(os.path.join(expert_study.FOLDER, "results.csv"), "the blind test: each expert's scores and the "
+             "classifier's on the same test split, with the paired McNemar test"),
+            (os.path.join(expert_study.FOLDER, expert_study.ANSWERS_CSV), "the blind test: every answer")]
+  links += [(rel, text) for rel, text in others if os.path.exists(os.path.join(work_dir, rel))]
+  if classifier_dir and os.path.exists(os.path.join(classifier_dir, "grid.csv")):
+    links.append((os.path.join(classifier_dir, "grid.csv"), "the classifier's grid search"))
+  if not links:
+    return ""
+  items = "".join(f'<li><a href="{html.escape(rel)}">{html.escape(os.path.basename(rel))}</a>: {html.escape(text)}'
+                  f"</li>" for rel, text in links)
+  return f"<h2>Tables for spreadsheets</h2><p>CSV files beside this report (open them in Excel or LibreOffice):</p><ul>{items}</ul>"
+
+
 def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str:
   """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz.
 
@@ -370,13 +403,16 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
 {figure('ranking', 'Ranking with 95% intervals')}
 <h2>Mean mask against stress time (Figure 10)</h2>
 <p>Per hypothesis, the mean mask of each split against t, over its target curve g(t): a hypothesis the model can
-follow has its points on its curve.</p>
+follow has its points on its curve. Mask fractions are on the hypothesis's scale (every g is pinned to 0 at the
+first stress time and 1 at the last), not absolute smoothed areas.</p>
 {figure('curves', 'Mean mask against stress time')}
 <h2>Masks on held-out images (Figure 9)</h2>
 {masks}
 {learned}
+{_training_section(work_dir, summary)}
 {classifier}
 {experts}
+{_tables_section(work_dir, summary, classifier_dir)}
 <h2>Configuration</h2>
 <details><summary>config.json of the run</summary>
 <pre>{html.escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>
