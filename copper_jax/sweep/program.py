@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_utils, hypotheses, members, optim
+from copper_jax import config_rules, config_utils, hypotheses, members, optim
 from copper_jax.models import make_model
 from copper_jax.store import checkpoint
 from copper_jax.sweep import steps
@@ -22,23 +22,12 @@ FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "h
                     "loss.kind", "optim.learning_rate", "optim.schedule", "train.patch_size", "train.batch_size"]
 
 
-def validate_config(config) -> list[hypotheses.Hypothesis]:
-  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses."""
-  config_utils.validate(config, [
-      ("num_seeds", lambda v: isinstance(v, int) and v >= 1, "needs at least one seed"),
-      ("train.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("train.patch_size", lambda v: v >= 2 ** config.model.d,
-       f"must be at least 2**model.d = {2 ** config.model.d} pixels"),
-      ("train.log_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("train.checkpoint_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("loss.kind", lambda v: v in ("mse", "bce", "interval"), "use mse, bce or interval"),
-      ("loss.binarise_weight", lambda v: v >= 0, "must be >= 0"),
-      ("loss.tolerance", lambda v: v >= 0, "must be >= 0"),
-      ("optim.learning_rate", lambda v: v > 0, "must be > 0"),
-      ("eval.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("eval.bootstrap", lambda v: v >= 100, "use at least 100 resamples for a 95% interval"),
-      ("members.strategy", lambda v: v in members.STRATEGIES, f"use one of {members.STRATEGIES}"),
-  ])
+def validate_config(config, where: str = "") -> list[hypotheses.Hypothesis]:
+  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses.
+
+  Every key is checked against `config_rules.SWEEP`; `where` names a saved config in messages.
+  """
+  config_rules.check(config, config_rules.SWEEP, where)
   config_utils.total_steps(config.train, 1)  # exactly one duration; the image count only matters for epochs
   return hypotheses.expand(config.hypotheses)
 
