@@ -24,6 +24,10 @@ from copper_jax.models.layers import NORMS
 _MISSING = object()
 # jax.random.key takes a 32-bit seed without folding; larger ones would silently alias.
 _MAX_SEED = 2 ** 32 - 1
+# optax counts steps in int32.
+_MAX_STEPS = 2 ** 31 - 1
+# Far beyond any device's memory for a batch, yet small enough that sizes computed from it stay exact.
+_MAX_BATCH = 2 ** 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +163,7 @@ def _eval_split_problem(value, config) -> str | None:
 
 
 def _synthetic_labels_problem(value, config) -> str | None:
-  problem = _whole(lo=0).problem(value, config)
+  problem = _whole(lo=0, hi=1000).problem(value, config)
   if problem:
     return problem + " (0: the preset's value)"
   return "a sweep or classifier needs at least 2 stress times; use 0 (the preset's) or >= 2" if value == 1 else None
@@ -171,17 +175,17 @@ COMMON = {
     "seed": _whole(lo=0, hi=_MAX_SEED),
     "deterministic": Flag(),
     "data.root": Text(),
-    "data.crop_bottom": _whole(lo=0, unit="pixels"),
+    "data.crop_bottom": _whole(lo=0, hi=2 ** 31, unit="pixels"),
     "data.skip_unreadable": Flag(),
-    "data.max_pixels": _whole(lo=1, unit="pixels"),
+    "data.max_pixels": _whole(lo=1, hi=2 ** 40, unit="pixels"),
     "data.standardise": OneOf(folder.STANDARDISE_MODES),
     "data.synthetic.preset": OneOf(tuple(synthetic.PRESETS)),
     "data.synthetic.f_true": OneOf(tuple(synthetic.F_TRUE)),
     "data.synthetic.confounded": Flag(),
     "data.synthetic.seed": _whole(lo=0, hi=_MAX_SEED),
     "data.synthetic.num_labels": Custom(_synthetic_labels_problem),
-    "data.synthetic.images_per_label": _whole(lo=0),
-    "data.synthetic.size": Custom(lambda v, c: _whole(lo=0).problem(v, c) or (
+    "data.synthetic.images_per_label": _whole(lo=0, hi=100_000),
+    "data.synthetic.size": Custom(lambda v, c: _whole(lo=0, hi=2 ** 15).problem(v, c) or (
         "use 0 (the preset's) or at least 16 pixels" if 0 < v < 16 else None)),
     "model.c": _whole(lo=1, hi=4096),
     "model.d": _whole(lo=1, hi=16),
@@ -189,37 +193,41 @@ COMMON = {
     "model.N": _whole(lo=1, hi=64),
     "model.norm": OneOf(NORMS),
     "model.dtype": OneOf(tuple(DTYPES)),
-    "optim.learning_rate": Number(lo=0, lo_open=True),
+    # Adam moves each weight by about the learning rate per step; beyond 10 a step outsizes any weight of these
+    # nets, so such a value is a slip (1e3 for 1e-3), and 1e300 overflows float32 like infinity.
+    "optim.learning_rate": Number(lo=0, hi=10, lo_open=True),
     # Adam's moment decays: 1 would never forget, and 1/(1 - b**t) divides by zero.
     "optim.b1": Number(lo=0, hi=1, hi_open=True),
     "optim.b2": Number(lo=0, hi=1, hi_open=True),
     # eps > 0 keeps a zero gradient from giving 0/0.
-    "optim.eps": Number(lo=0, lo_open=True),
+    "optim.eps": Number(lo=0, hi=1, lo_open=True),
     "optim.schedule": OneOf(optim.SCHEDULES),
-    "optim.warmup_steps": _whole(lo=0, unit="steps"),
+    "optim.warmup_steps": _whole(lo=0, hi=_MAX_STEPS, unit="steps"),
     "train.patch_size": Custom(_patch_problem),
-    "train.batch_size": _whole(lo=1),
-    "train.num_steps": _whole(lo=0),
-    "train.num_epochs": _whole(lo=0),
+    "train.batch_size": _whole(lo=1, hi=_MAX_BATCH),
+    "train.num_steps": _whole(lo=0, hi=_MAX_STEPS),
+    "train.num_epochs": _whole(lo=0, hi=1_000_000),
     "train.flips": Flag(),
     "train.rot90": Flag(),
-    "train.log_every": _whole(lo=1, unit="steps"),
-    "eval.batch_size": _whole(lo=1),
+    "train.log_every": _whole(lo=1, hi=_MAX_STEPS, unit="steps"),
+    "eval.batch_size": _whole(lo=1, hi=_MAX_BATCH),
 }
 
 SWEEP = {
     **COMMON,
     "data.split": Custom(lambda v, c: _split_problem(v, held_out=("val", "test"))),
     "hypotheses": Custom(_hypotheses_problem),
-    "num_seeds": _whole(lo=1),
+    "num_seeds": _whole(lo=1),  # its upper limit is memory: check_memory names it
     "loss.kind": OneOf(("mse", "bce", "interval")),
     "loss.tolerance": Number(lo=0, hi=1),
-    "loss.binarise_weight": Number(lo=0),
-    "train.checkpoint_every": _whole(lo=1, unit="steps"),
+    # The penalty s(1-s) is at most 0.25 a pixel and the proportion loss below 1: weights past 100 leave only the
+    # penalty to learn.
+    "loss.binarise_weight": Number(lo=0, hi=100),
+    "train.checkpoint_every": _whole(lo=1, hi=_MAX_STEPS, unit="steps"),
     "members.strategy": OneOf(members.STRATEGIES),
-    "members.chunk": _whole(lo=0),
+    "members.chunk": _whole(lo=0, hi=_MAX_BATCH),
     "members.shard": Flag(),
-    "eval.num_overlays": _whole(lo=1, unit="held-out images"),
+    "eval.num_overlays": _whole(lo=1, hi=10_000, unit="held-out images"),
     # Fewer than 100 resamples cannot place a 2.5% tail; a million is already far past any gain.
     "eval.bootstrap": _whole(lo=100, hi=1_000_000, unit="resamples"),
     "eval.report": Flag(),
@@ -229,10 +237,10 @@ SWEEP = {
 CLASSIFIER = {
     **COMMON,
     "data.split": Custom(lambda v, c: _split_problem(v, held_out=())),
-    "train.eval_every_epochs": _whole(lo=1, unit="epochs"),
+    "train.eval_every_epochs": _whole(lo=1, hi=1_000_000, unit="epochs"),
     "eval.split": Custom(_eval_split_problem),
     "eval.checkpoint": OneOf(("best", "latest")),
-    "eval.num_cam": _whole(lo=0),
+    "eval.num_cam": _whole(lo=0, hi=10_000),
 }
 
 GRID = {
