@@ -142,6 +142,11 @@ def _verdict(ranked, split):
     return {"leader": None, "distinguishable": False, "tied_with_leader": [],
             "verdict": "every hypothesis diverged; nothing can be ranked"}
   lead = ranked[0]
+  if len(ranked) == 1:
+    # Without a rival there is no interval to be clear of; saying "fits best" would claim a comparison.
+    return {"leader": lead["name"], "distinguishable": False, "tied_with_leader": [], "margin": None,
+            "verdict": f"{lead['name']} is the only hypothesis ranked, so nothing was compared: add rivals to "
+                       f"config.hypotheses to test it."}
   lead_hi = lead["loss"][split]["ci95"][1]
   tied = [r["name"] for r in ranked[1:] if r["loss"][split]["ci95"][0] <= lead_hi]
   margin = ranked[1]["loss"][split]["mean"] - lead["loss"][split]["mean"] if len(ranked) > 1 else None
