@@ -28,6 +28,7 @@ _MAX_SEED = 2 ** 32 - 1
 _MAX_STEPS = 2 ** 31 - 1
 # Far beyond any device's memory for a batch, yet small enough that sizes computed from it stay exact.
 _MAX_BATCH = 2 ** 16
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +194,9 @@ COMMON = {
     "model.N": _whole(lo=1, hi=64),
     "model.norm": OneOf(NORMS),
     "model.dtype": OneOf(tuple(DTYPES)),
-    # Adam moves each weight by about the learning rate per step; beyond 10 a step outsizes any weight of these
-    # nets, so such a value is a slip (1e3 for 1e-3), and 1e300 overflows float32 like infinity.
-    "optim.learning_rate": Number(lo=0, hi=10, lo_open=True),
+    # Applied in float32: a larger rate (1e300) overflows to infinity. Large finite rates stay allowed, so a run
+    # that diverges is stopped by the non-finite-loss check, naming the step.
+    "optim.learning_rate": Number(lo=0, hi=_FLOAT32_MAX, lo_open=True),
     # Adam's moment decays: 1 would never forget, and 1/(1 - b**t) divides by zero.
     "optim.b1": Number(lo=0, hi=1, hi_open=True),
     "optim.b2": Number(lo=0, hi=1, hi_open=True),
