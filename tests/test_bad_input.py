@@ -21,7 +21,6 @@ from copper_jax.data import synthetic
 from copper_jax.data.folder import load_folder
 from copper_jax.errors import ConfigError, DataError, UserError
 from copper_jax.store import workdir
-from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import results
 from copper_jax.sweep import run as sweep_run
 

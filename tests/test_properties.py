@@ -247,7 +247,7 @@ REQUEST = st.fixed_dictionaries({
                              "/image/test/0.png", "/image/practice/0.png", "/nothing", "//api/answer"])),
     "content_type": st.one_of(st.just("application/json"),
                               st.sampled_from([None, "application/json; charset=utf-8", "text/plain"])),
-    "body": st.one_of(ANSWERS.map(lambda a: json.dumps(a, allow_nan=True).encode()), ANSWERS.map(lambda a: json.dumps(a, allow_nan=True).encode()),
+    "body": st.one_of(ANSWERS.map(lambda a: json.dumps(a, allow_nan=True).encode()),
                       JSON_VALUES.map(lambda v: json.dumps(v, allow_nan=True).encode()), st.binary(max_size=40)),
     "length": st.one_of(st.just("exact"), st.sampled_from([None, "abc", "-1", "99999999", " 3", "short"])),
 })
@@ -282,8 +282,9 @@ def _send(port: int, req: dict):
 def test_any_request_gets_one_reply_and_leaves_answer_files_whole(blind_dir, blind_server, req):
   status, body = _send(blind_server.server_port, req)
   event(f"status {status}")
-  if status is None:
-    assert req["length"] == "short" and req["method"] == "POST"
+  if status is None:  # only a POST announcing more bytes than it sends may be left to time out
+    announced = {"exact": len(req["body"]), "short": len(req["body"]) + 10}.get(req["length"], req["length"])
+    assert req["method"] == "POST" and str(announced).strip().isdigit() and int(announced) > len(req["body"]), req
   else:
     assert status < 500 or status == 501, (status, body)  # 501: a method the server does not offer
     if 400 <= status < 500:
