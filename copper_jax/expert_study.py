@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import sys
 import threading
 import urllib.parse
 import zlib
@@ -33,6 +34,18 @@ RESULTS_FILE = "results.json"
 PRACTICE_PER_LABEL = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+# An answer is about 60 bytes of JSON; anything far larger is not one.
+MAX_BODY_BYTES = 4096
+# Seconds a connection may stay silent: a client that announces more bytes than it sends cannot hold a thread.
+READ_TIMEOUT_S = 10.0
+
+
+class _Refused(UserError):
+  """A request refused with an HTTP status other than 400."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
 
 
 def check_expert(name: str) -> str:
@@ -95,8 +108,7 @@ class BlindTest:
   def _session(self, expert: str) -> dict:
     path = self.path(expert)
     if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      saved = _read_answers(path)
       if sorted(q["path"] for q in saved["questions"]) != self.test_paths:
         raise UserError(f"{path} was made for other test images (splits.json changed); move it away to restart")
       return saved
@@ -149,11 +161,45 @@ class BlindTest:
     return self._png[index]
 
 
+def _read_answers(path: str) -> dict:
+  """An expert's answer file, checked for the fields scoring reads; UserError naming the file otherwise."""
+  fix = "move it away to restart that expert, or restore it from a backup"
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    questions = saved["questions"]
+    if not isinstance(saved["expert"], str) or not all(isinstance(t, (int, float)) for t in saved["stress_times"]):
+      raise TypeError("expert or stress_times")
+    num_labels = len(saved["stress_times"])
+    for q in questions:
+      answer, true = q["answer"], q["true_label"]
+      if not isinstance(q["path"], str) or type(true) is not int or not (answer is None or type(answer) is int):
+        raise TypeError("a question's path, true_label or answer")
+      if not 0 <= true < num_labels or not (answer is None or 0 <= answer < num_labels):
+        raise ValueError("a label outside the stress times")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path}: not a readable answer file ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
+  return saved
+
+
+def _content_length(header) -> int:
+  """The announced body size in bytes; _Refused unless it is a plain number up to MAX_BODY_BYTES."""
+  if header is None:
+    raise _Refused(411, "the answer needs a Content-Length header")
+  if not header.strip().isdigit():
+    raise _Refused(400, f"Content-Length {header[:20]!r} is not a number of bytes")
+  length = int(header)
+  if length > MAX_BODY_BYTES:
+    raise _Refused(413, f"the answer is {length} bytes; at most {MAX_BODY_BYTES} are accepted")
+  return length
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
   """GET /, /api/state, /image/...; POST /api/answer. Loopback only, JSON in and out."""
   test: BlindTest = None
   default_expert: str = ""
   quiet: bool = True
+  timeout = READ_TIMEOUT_S  # socketserver sets it on the connection: a silent client times out
 
   def log_message(self, fmt, *args):
     """Silent: every image request would be a line; saved answers are logged instead."""
@@ -169,6 +215,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _json(self, status: int, obj) -> None:
     self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
+  def _json_body(self) -> dict:
+    """The POSTed JSON object, read to exactly its announced length (a short body times out, unsaved)."""
+    content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+      raise _Refused(415, f"Content-Type {content_type or 'none'!r}: send the answer as application/json")
+    length = _content_length(self.headers.get("Content-Length"))
+    raw = self.rfile.read(length)
+    if len(raw) < length:
+      raise UserError(f"the answer ended after {len(raw)} of {length} bytes")
+    try:
+      body = json.loads(raw)
+    except ValueError:
+      raise UserError("the answer is not JSON") from None
+    if not isinstance(body, dict):
+      raise UserError(f"the answer is JSON but not an object ({type(body).__name__}); send "
+                      "{\"expert\": ..., \"position\": ..., \"label\": ...}")
+    return body
+
   def _guarded(self, handle) -> None:
     # A page from another site must not reach this server through a name that resolves to 127.0.0.1.
     host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
@@ -177,8 +241,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     try:
       handle()
+    except _Refused as e:
+      self._json(e.status, {"error": str(e)})
     except UserError as e:
       self._json(400, {"error": str(e)})
+    except TimeoutError:
+      raise  # the server closes the connection; nothing was saved
+    except Exception as e:  # noqa: BLE001 -- one line for the expert and the log, never a traceback
+      log(f"error: {self.command} {self.path[:80]}: {type(e).__name__}: {str(e)[:160]}", False)
+      self._json(500, {"error": f"the server could not answer ({type(e).__name__}); see its terminal"})
 
   def do_GET(self):
     self._guarded(self._get)
@@ -202,11 +273,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if urllib.parse.urlparse(self.path).path != "/api/answer":
       self._json(404, {"error": f"no endpoint {self.path}"})
       return
-    length = int(self.headers.get("Content-Length") or 0)
-    try:
-      body = json.loads(self.rfile.read(min(length, 4096)) or b"{}")
-    except ValueError:
-      raise UserError("the answer is not JSON") from None
+    body = self._json_body()
     expert = check_expert(body.get("expert", ""))
     counts = self.test.answer(expert, body.get("position"), body.get("label"))
     log(f"{expert}: answer saved, {counts['answered']} of {counts['total']}", self.quiet)
@@ -217,6 +284,8 @@ def serve(work_dir: str, port: int = 8000, expert: str | None = None, quiet: boo
           practice_per_label: int = PRACTICE_PER_LABEL):
   """A started server on 127.0.0.1:`port` (0: any free port) in a background thread; `.shutdown()` stops it.
   `practice_per_label` training images of every stress time are shown, labelled, before the test."""
+  if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    raise UserError(f"port {port!r}: use a number from 1 to 65535, or 0 for any free port")
   test = BlindTest(work_dir, practice_per_label)
   handler = type("Handler", (_Handler,), {"test": test, "default_expert": check_expert(expert) if expert else "",
                                           "quiet": quiet})
@@ -470,11 +539,16 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
   model_dir, model = _model_results(work_dir, classifier_dir)
   model_test = model["splits"].get("test") if model else None
   by_path = model_answers(model)
-  results = {"experts": {}, "model": None}
+  results = {"experts": {}, "model": None, "skipped": []}
   rows = []
   for name in files:
-    with open(os.path.join(folder, name), encoding="utf-8") as f:
-      session = json.load(f)
+    try:
+      session = _read_answers(os.path.join(folder, name))
+    except UserError as e:
+      # One damaged file must not cost every other expert their results.
+      results["skipped"].append(str(e))
+      print(f"skipped: {e}", file=sys.stderr)
+      continue
     expert = session["expert"]
     names = [f"{t:g}" for t in session["stress_times"]]
     if model_test and results["model"] is None:
@@ -497,7 +571,7 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
     results["experts"][expert] = scores
     rows.extend(answer_rows(session, by_path))
     log(headline(expert, scores), quiet)
-  if files:
+  if results["experts"]:
     write_answers_csv(os.path.join(folder, ANSWERS_CSV), rows)
     workdir.atomic_write_json(os.path.join(folder, RESULTS_FILE), results)
     tables.write_blind_test_table(folder, results)

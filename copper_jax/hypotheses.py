@@ -180,6 +180,10 @@ def parse(spec: str) -> list[Hypothesis]:
   else:
     fixed = {}
     grid_keys = [k for k in args if isinstance(args[k], list)]
+    for key in grid_keys:
+      if not args[key]:
+        # An empty grid axis would expand to no hypothesis at all, silently dropping the spec.
+        raise ConfigError(f"hypothesis {spec!r}: {key}=[] lists no value; give at least one, e.g. {key}=[0.5, 2]")
     grid_values = [args[k] for k in grid_keys]
     fixed.update({k: v for k, v in args.items() if not isinstance(v, list)})
 

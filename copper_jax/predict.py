@@ -142,14 +142,18 @@ class SweepPredictor:
   def __init__(self, work_dir: str, member: str | None = None, seed: int | None = 0, tile: int = DEFAULT_TILE):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
+    sweep_program.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
     data = _training_data(config, work_dir)
     sweep = sweep_program.build(config, data)
     names = [h.name for h in sweep.hypotheses]
     if member is None:
-      ranking = workdir.read_json(os.path.join(work_dir, "sweep.json"), {}).get("ranking")
-      if not ranking:
+      results = workdir.read_json(os.path.join(work_dir, "sweep.json"), None)
+      if not isinstance(results, dict):
         raise UserError(f"{work_dir} has no ranking (sweep.json) yet: pass --member, one of {', '.join(names)}")
-      member = ranking[0]
+      if not results.get("ranking"):
+        raise UserError(f"{work_dir}: no hypothesis was ranked ({results.get('verdict', 'every one diverged')}); "
+                        f"retrain with a lower optim.learning_rate, or pass --member to use one anyway")
+      member = results["ranking"][0]
     if member not in names:
       raise UserError(f"--member={member!r} is not a hypothesis of {work_dir}; use one of {', '.join(names)}")
     if seed is not None and not 0 <= seed < config.num_seeds:
@@ -231,6 +235,7 @@ class ClassifierPredictor:
   def __init__(self, work_dir: str):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
+    classifier_program.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
     data = _training_data(config, work_dir)
     program = classifier_program.ClassifierProgram(config, data.num_classes, None)
     self.state, info = classifier_program.restore_for_eval(config, work_dir, data, data.split_sizes.get("val", 0) > 0, program,
@@ -301,6 +306,21 @@ def find_images(paths, out_dir: str) -> list:
     stems = {f: os.path.splitext(os.path.relpath(os.path.abspath(f), base))[0] for f in loose}
     found = [(f, stem if stem is not None else stems[f]) for f, stem in found]
   return found
+
+
+def check_out_folder(out_dir: str, images) -> str:
+  """The absolute output folder, refused (UserError) before any work when it is unusable (see
+  `workdir.check_output_folder`), when it is an input folder, or when an input lies inside it: its overlays and
+  masks could then replace a user's file or be read as images by the next run. An output folder inside an input
+  folder is fine: `find_images` leaves it out."""
+  out_dir = workdir.check_output_folder(out_dir, "--out")
+  real_out = os.path.realpath(out_dir)
+  for path in images:
+    real = os.path.realpath(path)
+    if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+      raise UserError(f"--out={out_dir} {'is' if real == real_out else 'holds'} the input {path}: outputs would "
+                      f"land among the images they are made from; choose an --out folder outside the inputs")
+  return out_dir
 
 
 def _tiff_bytes(pixels_HxW: np.ndarray, pixel_size_nm: float | None) -> bytes:
@@ -413,7 +433,11 @@ def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed
   kind = "sweep" if "hypotheses" in config else "classifier"
   if kind == "classifier" and member is not None:
     raise UserError(f"{work_dir} is a classifier workdir: --member only applies to a sweep")
+  out_dir = check_out_folder(out_dir, images)
   found = find_images(images, out_dir)
+  if not found:
+    raise UserError(f"no image files ({'/'.join(folder.IMAGE_EXTENSIONS)}) in {', '.join(map(str, images))}: "
+                    f"point --images at a folder holding SEM images")
   model = SweepPredictor(work_dir, member, seed, tile) if kind == "sweep" else ClassifierPredictor(work_dir)
   os.makedirs(out_dir, exist_ok=True)
   if kind == "sweep":

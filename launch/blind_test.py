@@ -13,7 +13,8 @@ from absl import flags
 from copper_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir with splits.json (classifier or sweep).", required=True)
-_PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1 (0: any free port).", lower_bound=0)
+_PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1 (0: any free port).", lower_bound=0,
+                            upper_bound=65535)
 _EXPERT = flags.DEFINE_string("expert", None, "The expert's name (default: the page asks for it).")
 _PRACTICE = flags.DEFINE_integer("practice_per_label", 3, "Labelled training images shown per stress time before the "
                                  "test (0: none).")

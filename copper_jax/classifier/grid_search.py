@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from copper_jax import config_utils
+from copper_jax import config_rules
 from copper_jax.classifier import program as classifier_program
 from copper_jax.classifier import run as classifier_run
 from copper_jax.data.prepare import prepare_data
@@ -109,8 +109,8 @@ def _check_shared(config, work_dir: str) -> None:
 def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
   """Measures, trains and ranks every grid point; returns the content of grid.json."""
   points = grid_points(config.grid)
-  config_utils.validate(config, [("grid.budget_mb", lambda v: v > 0, "must be a positive number of MiB")])
-  work_dir = os.path.abspath(work_dir)
+  config_rules.check(config, config_rules.GRID)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   data_root = os.path.join(work_dir, "data")
   for point in points:
     classifier_program.validate_config(point_config(config, point, data_root))

@@ -132,6 +132,9 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
     raise ConfigError(f"mixed_pixel_sizes={mixed_pixel_sizes!r}: must be one of {', '.join(MIXED_PIXEL_SIZE_MODES)}")
   images_dir, masks_dir, manifest_path = _resolve_layout(os.fsdecode(os.fspath(root)))
   label_names, stress_times = _label_folders(images_dir)
+  manifest = _read_manifest(manifest_path)
+  _check_labels(images_dir, label_names, manifest, manifest_path)
+  _check_files_reached_once(images_dir, {name: _image_files(images_dir, name) for name in label_names})
   skipped = []
   images, paths, labels, masks, metadata, bars = [], [], [], [], [], []
   first = None  # (path, raw shape) of the first image, to name both files when sizes differ
@@ -174,6 +177,7 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
                       f"and skipped; replace them or remove the folder")
   if skipped:
     warnings.warn(f"skipped {len(skipped)} unreadable file(s): " + " | ".join(skipped), stacklevel=2)
+  _check_pixels(images_dir, images, paths)
   _check_pixel_sizes(images_dir, paths, metadata, mixed_pixel_sizes)
   _check_info_bar(paths, bars, crop_bottom)
   intensity_mean, intensity_std = _statistics(images, "image")
@@ -181,7 +185,7 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
   return SEMDataset(
       root=images_dir, stress_times=stress_times, label_names=label_names, images=images, paths=paths,
       labels=np.asarray(labels, np.int32), masks=masks if masks_dir is not None else None, mean=mean, std=std,
-      manifest=_read_manifest(manifest_path), skipped=skipped, specimens=[specimen_of(p) for p in paths],
+      manifest=manifest, skipped=skipped, specimens=[specimen_of(p) for p in paths],
       metadata=metadata, intensity_mean=intensity_mean, intensity_std=intensity_std)
 
 
@@ -274,7 +278,8 @@ def _resolve_layout(root: str):
 def _label_folders(images_dir: str):
   """Label folder names and their (T,) float64 stress times, sorted numerically."""
   try:
-    entries = sorted(e for e in os.listdir(images_dir) if not e.startswith("."))
+    # A name like ".5" is a stress time, not a hidden folder.
+    entries = sorted(e for e in os.listdir(images_dir) if not e.startswith(".") or _NUMBER.match(e))
   except OSError as e:
     raise DataError(f"{_show(images_dir)}: cannot list folder ({_first_line(e)}); check its permissions") from None
   names = [e for e in entries if os.path.isdir(os.path.join(images_dir, e))]
@@ -295,6 +300,53 @@ def _label_folders(images_dir: str):
     times[t] = name
   order = sorted(times)
   return [times[t] for t in order], np.asarray(order, np.float64)
+
+
+def _check_labels(images_dir: str, label_names: list, manifest: dict | None, manifest_path) -> None:
+  """At least two stress times (tau and every ranking need a span), and, in a generated set, the folders its
+  manifest lists (a deleted folder would misalign the manifest's per-label truth)."""
+  if len(label_names) < 2:
+    raise DataError(f"{_show(images_dir)} has one stress-time folder ({_show(label_names[0])}): training needs at "
+                    f"least two, one sub-folder per stress time (e.g. 0/, 2.5/, 10/)")
+  listed = manifest.get("labels") if manifest else None
+  if isinstance(listed, list) and all(isinstance(e, dict) and "folder" in e for e in listed):
+    expected = [str(e["folder"]) for e in listed]
+    if sorted(expected) != sorted(label_names):
+      missing = sorted(set(expected) - set(label_names))
+      extra = sorted(set(label_names) - set(expected))
+      raise DataError(f"{_show(images_dir)}: folders {'missing ' + str(missing) if missing else ''}"
+                      f"{' and ' if missing and extra else ''}{'not listed ' + str(extra) if extra else ''} against "
+                      f"{_show(manifest_path)}; restore them, or delete the generated set to make it again")
+
+
+def _check_files_reached_once(images_dir: str, files_by_label: dict) -> None:
+  """DataError when one file is reached through two paths (a linked folder or file), which would put it under two
+  labels or on both sides of the train/test split."""
+  seen = {}
+  for name, files in files_by_label.items():
+    for rel in files:
+      real = os.path.realpath(os.path.join(images_dir, rel))
+      if real in seen:
+        raise DataError(f"{_show(os.path.join(images_dir, rel))} and {_show(os.path.join(images_dir, seen[real]))} "
+                        f"are the same file (through a link): keep each image once, in its own stress-time folder")
+      seen[real] = rel
+
+
+def _check_pixels(images_dir: str, images: list, paths: list) -> None:
+  """One pixel type for the whole set (one mean and std cannot standardise 8- and 16-bit images together), and some
+  variation (a constant set has nothing to learn, and its standardisation divides by zero)."""
+  first = {}
+  for image, rel in zip(images, paths):
+    first.setdefault(image.dtype, rel)
+  if len(first) > 1:
+    (a, rel_a), (b, rel_b) = list(first.items())[:2]
+    raise DataError(f"{_show(os.path.join(images_dir, rel_b))} has {b} pixels but "
+                    f"{_show(os.path.join(images_dir, rel_a))} has {a}: convert the dataset to one pixel type")
+  lo = min(float(image.min()) for image in images)
+  hi = max(float(image.max()) for image in images)
+  if hi - lo <= 0:
+    raise DataError(f"{_show(images_dir)}: every pixel of every image is {lo:g}: the images carry nothing to learn; "
+                    f"check the export (a blank or all-black set)")
 
 
 def _image_files(images_dir: str, label_name: str) -> list:

@@ -1,11 +1,13 @@
 """The `data` section every job's config shares, and turning it into a dataset and its saved split."""
 import dataclasses
+import hashlib
 import json
 import os
 
 import ml_collections
 import numpy as np
 
+from copper_jax import config_utils
 from copper_jax.store import workdir
 from copper_jax.data import folder, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
@@ -69,8 +71,8 @@ def _synthetic_overrides(syn) -> dict:
   return overrides
 
 
-def prepare_data(config, work_dir: str):
-  """The dataset (the user's folder, or the synthetic set generated into the workdir) and its saved split."""
+def load_dataset(config, work_dir: str):
+  """The dataset of the config: the user's folder, or the synthetic set generated into the workdir."""
   root = config.data.root
   if not root:
     root = os.path.join(work_dir, "data")
@@ -87,8 +89,76 @@ def prepare_data(config, work_dir: str):
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
+  return dataset
+
+
+def prepare_data(config, work_dir: str):
+  """The dataset and its saved split, for evaluating a trained workdir: DataError when the data are not the ones
+  it was trained on (see `data_identity`)."""
+  dataset = load_dataset(config, work_dir)
+  check_same_data(config, work_dir, dataset)
   split = splits.load_or_make_splits(work_dir, dataset, config.data.split.to_dict(), config.seed)
   return dataset, split
+
+
+def data_identity(config, work_dir: str, dataset) -> dict:
+  """What makes two datasets the same to a trained model: where they are, which files with which sizes, their
+  pixel type and image size, how they are cropped and standardised, and their pixel statistics (the mean and
+  std pick up other images saved under the same names and sizes)."""
+  root = os.path.realpath(dataset.root)
+  inside = os.path.realpath(work_dir)
+  shown_root = ("<workdir>/" + os.path.relpath(root, inside) if root.startswith(inside + os.sep) else root)
+  listing = hashlib.sha256()
+  for rel in dataset.paths:
+    listing.update(f"{rel}\t{os.path.getsize(os.path.join(dataset.root, rel))}\n".encode("utf-8", "surrogateescape"))
+  return {"root": shown_root, "num_files": len(dataset.paths), "files_sha256": listing.hexdigest(),
+          "dtype": np.dtype(dataset.images[0].dtype).name, "image_shape": list(dataset.image_shape),
+          "standardise": config.data.standardise, "crop_bottom": int(config.data.crop_bottom),
+          "pixel_mean": float(np.mean(dataset.mean)), "pixel_std": float(np.mean(dataset.std))}
+
+
+_IDENTITY_WORDS = {"root": "root", "num_files": "number of files", "files_sha256": "file names or sizes",
+                   "dtype": "pixel type", "image_shape": "image size", "standardise": "data.standardise",
+                   "crop_bottom": "data.crop_bottom", "pixel_mean": "pixel mean", "pixel_std": "pixel std"}
+
+
+def check_same_data(config, work_dir: str, dataset) -> None:
+  """DataError when W/data_summary.json records other training data than `dataset` (nothing to compare in a
+  workdir trained before the record existed)."""
+  saved = workdir.read_json(os.path.join(work_dir, SUMMARY_FILE), {}, fix="delete it to reload the data")
+  saved = saved.get("identity") if isinstance(saved, dict) else None
+  if not isinstance(saved, dict):
+    return
+  now = data_identity(config, work_dir, dataset)
+  differ = [k for k in now if k in saved and json.dumps(saved[k]) != json.dumps(now[k])]
+  if differ:
+    detail = ", ".join(f"{_IDENTITY_WORDS[k]} {_short(saved[k])} -> {_short(now[k])}" for k in differ)
+    raise DataError(f"{work_dir} was trained on other data than {dataset.root} ({detail}): point data.root at its "
+                    f"training data with the same data settings, or use a fresh --workdir")
+
+
+def _short(value) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 24 else text[:21] + "..."
+
+
+def saved_steps(work_dir: str) -> list:
+  """Finished checkpoint steps in W/checkpoints, read from the folder names alone (nothing is opened)."""
+  folder_ = os.path.join(work_dir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(folder_) if n.isdigit()) if os.path.isdir(folder_) else []
+
+
+def check_duration(config, work_dir: str, split) -> None:
+  """A run resuming from W's checkpoints must last at least as long as they have trained."""
+  steps = saved_steps(work_dir)
+  if not steps:
+    return
+  total = config_utils.total_steps(config.train, len(split["train"]))
+  if steps[-1] > total:
+    key = "num_steps" if config.train.num_steps else "num_epochs"
+    raise ConfigError(f"config.train.{key}={config.train[key]} gives {total} steps but {work_dir} holds a "
+                      f"checkpoint of step {steps[-1]}: ask for at least {steps[-1]} steps, or evaluate it with "
+                      f"launch/evaluate.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,20 +199,34 @@ class DataSummary:
                                 "std": [float(dataset.intensity_std.min()), float(dataset.intensity_std.max())]})
 
 
-def save_summary(work_dir: str, dataset, split: dict) -> None:
+def save_summary(config, work_dir: str, dataset, split: dict) -> None:
   """Writes W/data_summary.json for the data a training run is about to use (replaced atomically)."""
   summary = DataSummary.of(dataset, split)
   workdir.atomic_write_json(os.path.join(work_dir, SUMMARY_FILE), {
       "stress_times": summary.stress_times.tolist(), "label_names": summary.label_names,
       "image_shape": list(summary.image_shape), "dtype": summary.dtype.name, "mean": summary.mean,
       "std": summary.std, "split_sizes": summary.split_sizes, "pixel_size_nm": summary.pixel_size_nm,
-      "intensity_range": summary.intensity_range})
+      "intensity_range": summary.intensity_range, "identity": data_identity(config, work_dir, dataset)})
 
 
 def prepare_training_data(config, work_dir: str):
-  """`prepare_data` for a training run, which also records what prediction will need of the data (`save_summary`)."""
-  dataset, split = prepare_data(config, work_dir)
-  save_summary(work_dir, dataset, split)
+  """The dataset and split of a training run, checked before the run writes anything of its own: on resume the
+  data must be the checkpoints' and the duration no shorter, and the split must fit the labels. Then splits.json and
+  data_summary.json (what prediction needs of the data) are written."""
+  dataset = load_dataset(config, work_dir)
+  if saved_steps(work_dir):
+    check_same_data(config, work_dir, dataset)
+  sizes = config.data.split.to_dict()
+  saved = os.path.exists(os.path.join(work_dir, splits.SPLITS_FILE))
+  if saved:
+    split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)  # only reads
+  else:
+    # Made in memory first, so a split that does not fit the labels is refused with nothing written.
+    split = splits.make_splits(dataset.labels, dataset.num_classes, sizes, config.seed, dataset.label_names)
+  check_duration(config, work_dir, split)
+  if not saved:
+    split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)
+  save_summary(config, work_dir, dataset, split)
   return dataset, split
 
 

@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_utils, hypotheses, members, optim
+from copper_jax import config_rules, config_utils, hypotheses, members, optim
 from copper_jax.data import sampler
 from copper_jax.models import make_model
 from copper_jax.store import checkpoint
@@ -23,25 +23,12 @@ FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "h
                     "num_seeds", "seed", "loss.kind", "optim.learning_rate", "optim.schedule", "train.patch_size", "train.batch_size"]
 
 
-def validate_config(config) -> list[hypotheses.Hypothesis]:
-  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses."""
-  config_utils.validate(config, [
-      ("num_seeds", lambda v: isinstance(v, int) and v >= 1, "needs at least one seed"),
-      ("train.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("train.patch_size", lambda v: v >= 2 ** config.model.d,
-       f"must be at least 2**model.d = {2 ** config.model.d} pixels"),
-      ("train.log_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("train.checkpoint_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("loss.kind", lambda v: v in ("mse", "bce", "interval"), "use mse, bce or interval"),
-      ("loss.binarise_weight", lambda v: v >= 0, "must be >= 0"),
-      ("loss.tolerance", lambda v: v >= 0, "must be >= 0"),
-      ("optim.learning_rate", lambda v: v > 0, "must be > 0"),
-      ("eval.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("members.strategy", lambda v: v in members.STRATEGIES, f"use one of {members.STRATEGIES}"),
-      ("control.permutations", lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8,
-       "use a whole number of permuted-target control members per seed, 0 to 8 (2 is the default; 0 turns off "
-       "the only check that the model reads the smoothed area and not some other cue of t)"),
-  ])
+def validate_config(config, where: str = "") -> list[hypotheses.Hypothesis]:
+  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses.
+
+  Every key is checked against `config_rules.SWEEP`; `where` names a saved config in messages.
+  """
+  config_rules.check(config, config_rules.SWEEP, where)
   config_utils.total_steps(config.train, 1)  # exactly one duration; the image count only matters for epochs
   return hypotheses.expand(config.hypotheses)
 

@@ -129,13 +129,17 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
   config = model_from_grid(config, quiet)
   hyps = program_lib.validate_config(config)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
-  work_dir = os.path.abspath(work_dir)
-  os.makedirs(work_dir, exist_ok=True)
-  with workdir.WorkdirLock(work_dir):
-    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+  with workdir.locked_start(work_dir) as start:
+    # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
+    workdir.check_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
+    # The target table needs the stress times: a hypothesis the labels cannot take is refused here, not later.
+    program_lib.member_table(hyps, config.num_seeds, dataset.tau)
+    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+    start.commit()
     sweep, states = train(config, work_dir, dataset, split, hyps, quiet)
     return finish(config, work_dir, dataset, split, sweep, states, quiet)
 
@@ -206,6 +210,7 @@ def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   The checkpoints are only read. A sweep reports every split and ranks on validation.
   """
   work_dir = os.path.abspath(work_dir)
+  program_lib.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
   with workdir.WorkdirLock(work_dir):
     dataset, split = prepare_data(config, work_dir)
     sweep = program_lib.build(config, dataset, num_train_images=len(split["train"]))
