@@ -21,6 +21,8 @@ import ml_collections
 
 from copper_jax.data.prepare import data_config
 
+PRESETS = ("smoke", "demo", "drift", "confounded", "science", "paper", "recommended")
+
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -137,6 +139,5 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     # - cosine decay of the learning rate (the default above), the schedule of the presets whose results
     #   docs/science.md reports; the paper's constant rate has not been tried on this net.
   else:
-    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use smoke, demo, drift, paper, recommended, "
-                     f"confounded or science")
+    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use one of {', '.join(PRESETS)}")
   return config
