@@ -140,16 +140,16 @@ def _control_section(summary):
   css = "caveat" if control.get("state") == "passed" else "alarm"
   rows = "".join(
       f"<tr><td>{html.escape(name)}</td><td>{_fmt(m['error'])}</td><td>{m['explained_share']:.0%} "
-      f"[{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}]</td></tr>" for name, m in control.get("per_member", {}).items())
+      f"[{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}]</td><td>{m['expected_if_local']:.0%}</td><td>{m['bar']:.0%}</td>"
+      "</tr>" for name, m in control.get("per_member", {}).items())
   return (f'<p class="{css}">{html.escape(control["text"])}</p>'
           "<p>Each control member trains exactly like a hypothesis, on the linear targets put in a scrambled order "
           "of the stress times. A model that only tells smoothed from rough texture can reproduce no such order; "
-          "the run fails the control when one explains as much of its targets' variance on held-out images as the "
-          f"bar ({control.get('bar', 0):.0%}: a quarter, or half of what the leading hypothesis explains of its "
-          "own, whichever is larger), and the control is inconclusive while the upper end of its 95% interval "
-          "reaches the bar.</p>"
+          "such a model explains of a control about what an affine function of the leading curves explains "
+          f"(column 'if local'). The control fires when one explains {control['margin']:.0%} more than that (the "
+          "bar), and is inconclusive while the upper end of a 95% interval reaches the bar.</p>"
           f"<table><tr><th>control</th><th>{control['split']} error</th><th>share of its targets' variance "
-          f"explained [95%]</th></tr>{rows}</table>")
+          f"explained [95%]</th><th>if local</th><th>bar</th></tr>{rows}</table>")
 
 
 def _run_table(summary):
