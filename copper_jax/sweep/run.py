@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_utils, determinism, members
+from copper_jax import config_utils, determinism, members, preemption
 from copper_jax.data import sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
 from copper_jax.errors import CheckpointError
@@ -61,14 +61,18 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
   late = LateFetch(write_metrics)
   ckpt = checkpoint.Checkpointer(os.path.join(work_dir, "checkpoints"))
   try:
-    for step, batch in patches.iterate(start, total - start):
-      states, metrics = train_step(states, member_arrays, members.place(batch, program.shared_sharding))
-      done = step + 1
-      late.dispatched(done, metrics, keep=is_time(done, config.train.log_every, total))
-      progress.update(1)
-      if is_time(done, config.train.checkpoint_every, total):
-        late.flush()
-        ckpt.save(done, states, dict(sweep.meta, step=done))
+    with preemption.StopOnSignal() as stop:
+      for step, batch in patches.iterate(start, total - start):
+        states, metrics = train_step(states, member_arrays, members.place(batch, program.shared_sharding))
+        done = step + 1
+        late.dispatched(done, metrics, keep=is_time(done, config.train.log_every, total))
+        progress.update(1)
+        stopping = stop.due(done)  # asked at every step: with several processes it is a sync point
+        if stopping or is_time(done, config.train.checkpoint_every, total):
+          late.flush()
+          ckpt.save(done, states, dict(sweep.meta, step=done))
+        if stopping:
+          raise preemption.Preempted(stop.signal_name, done, total, ckpt.directory)
   finally:
     progress.close()
     writer.close()
