@@ -23,6 +23,7 @@ import warnings
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -304,9 +305,15 @@ class Checkpointer:
     restored = jax.tree_util.tree_flatten_with_path(state)[0]
     self._check_leaves(step, [(jax.tree_util.keystr(p), tuple(np.shape(x)), np.dtype(x.dtype).name)
                               for p, x in restored], target)
+    hosts = []
     for (path, leaf), entry in zip(restored, saved):
-      if _crc(_host(leaf)) != entry.get("crc32"):
+      hosts.append(_host(leaf))
+      if _crc(hosts[-1]) != entry.get("crc32"):
         raise _Unreadable(f"leaf {path} does not match its saved checksum (garbled file)")
+    # orbax hands back arrays committed to a device; a fresh run's are not. The two lower to programs that differ
+    # in sharding annotations only, enough for a resumed run or an evaluation to miss the compilation cache.
+    # The caller places them where its program wants them.
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [jnp.asarray(h) for h in hosts])
     return state, meta
 
   def _check_config(self, step: int, meta: dict, expected_meta: dict) -> None:
