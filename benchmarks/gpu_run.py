@@ -68,7 +68,7 @@ def measure_members(tiny: bool, time_left, log) -> dict:
   sections, checks = benchmark.measure_sweeps(first, log)
   unrolled = [row for row in sections[0]["rows"] if row["strategy"] == "unrolled" and row["members"] == counts[1]]
   largest = {"members": counts[-1], "strategy": "unrolled"}
-  if unrolled and 4 * unrolled[0]["compile_s"] < 0.5 * time_left():
+  if unrolled and (tiny or 4 * unrolled[0]["compile_s"] < 0.5 * time_left()):
     more, more_checks = benchmark.measure_sweeps(
         dataclasses.replace(preset, sweeps=(SweepSpec(shape, ("unrolled",), counts[2:], chunk),)), log)
     sections += more

@@ -19,7 +19,8 @@ def test_gpu_check_runs_every_section_at_toy_sizes(tmp_path):
   saved = json.loads(out.read_text())
   sections = saved["sections"]
   assert set(sections) == {"mfu", "paper_sweep", "members", "deterministic"}
-  assert saved["all_checks_passed"] and not any("error" in s or "skipped" in s for s in sections.values())
+  # A section skipped for time, or a shape too large for the device, would show as a non-empty "skipped".
+  assert saved["all_checks_passed"] and not any("error" in s or s.get("skipped") for s in sections.values())
 
   mfu_rows = sections["mfu"]["rows"]
   assert {row["kind"] for row in mfu_rows} == {"segmentation", "classifier"}

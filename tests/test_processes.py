@@ -77,6 +77,11 @@ def test_two_processes_split_the_members_and_leave_the_workdir_one_process_leave
   # Each process wrote its own members' arrays into the one checkpoint.
   state_dir = os.path.join(work_dir, "checkpoints", "12", "state")
   assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(state_dir))
+  # One process restores what two saved (orbax would place the arrays on the saving devices unless told).
+  os.remove(os.path.join(work_dir, "sweep.json"))
+  run = Launch("evaluate.py", [f"--workdir={work_dir}"], f"{work_dir}.evaluate.log", cache)
+  assert run.wait(RUN_S) == 0, run.output()
+  assert json.loads(text(work_dir, "sweep.json")) == json.loads(text(reference, "sweep.json"))
 
 
 @pytest.mark.slow
