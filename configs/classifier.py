@@ -5,8 +5,13 @@ Presets (`--config=configs/classifier.py:PRESET`):
          python launch/train.py --config=configs/classifier.py:smoke --workdir=/tmp/clf_smoke
   demo   about 5 minutes on 2 CPU cores, on the generated synthetic demo set:
          python launch/train.py --config=configs/classifier.py:demo --workdir=runs/clf_demo
-  paper  the paper's shapes (960x1280 images, 40/5/5 split, larger net); meant for a GPU:
+  paper  the paper's shapes and stated training (960x1280 images, 40/5/5 split, Adam with its defaults and no
+         schedule, 200 epochs; docs/paper.md); the net is ours, the paper's is the best point of its grid search
+         (configs/grid_search.py:paper); meant for a GPU:
          python launch/train.py --config=configs/classifier.py:paper --workdir=runs/clf --config.data.root=/data/sem
+  recommended  the same with a cosine learning-rate decay (reason below):
+         python launch/train.py --config=configs/classifier.py:recommended --workdir=runs/clf_rec \
+           --config.data.root=/data/sem
 
 Any key can be overridden, e.g. `--config.model.c=32 --config.train.num_epochs=50`; misspelt keys fail.
 Then: python launch/evaluate.py --workdir=W [--split=test] [--cam=8]
@@ -15,7 +20,7 @@ import ml_collections
 
 from copper_jax.data.prepare import data_config
 
-PRESETS = ("smoke", "demo", "paper")
+PRESETS = ("smoke", "demo", "paper", "recommended")
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
@@ -41,7 +46,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.train.patch_size = 128        # random square patches for training; evaluation sees whole images
   config.train.batch_size = 16
   config.train.num_steps = 0           # the duration, stated once: num_steps or num_epochs (exactly one > 0)
-  config.train.num_epochs = 100        # an epoch = every training image once, as one patch
+  config.train.num_epochs = 100        # an epoch = every training image's area once, in random patches
   config.train.flips = False           # off: SEM detectors shade directionally
   config.train.rot90 = False
   config.train.log_every = 20          # steps between training-metric lines
@@ -60,18 +65,23 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.optim.learning_rate = 3e-3
     config.train.patch_size = 48
     config.train.batch_size = 8
-    config.train.num_epochs = 100       # 200 steps: enough for the tiny set to be learnt, in seconds
+    config.train.num_epochs = 50        # 200 steps (2 patches per 64x64 image): the tiny set is learnt in seconds
     config.train.log_every = 20
-    config.train.eval_every_epochs = 20
+    config.train.eval_every_epochs = 10
     config.eval.num_cam = 2
   elif preset == "demo":
     # 800 steps on 2 CPU cores: a higher, decaying rate gets there (at 1e-3 constant, test accuracy was ~0.3).
     config.optim.update({"learning_rate": 3e-3, "schedule": "cosine"})
-  elif preset == "paper":
+    config.train.num_epochs = 25        # 800 steps: 4 patches of 128 cover a 256x256 image
+    config.train.eval_every_epochs = 1  # every 32 steps
+  elif preset in ("paper", "recommended"):
     config.data.synthetic.preset = "paper"
     config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
     config.model.update({"c": 32, "d": 5, "n": 2, "N": 2, "dtype": "bfloat16"})
-    config.optim.schedule = "cosine"
+    if preset == "recommended":
+      # On the demo set, 800 steps at a constant 1e-3 left test accuracy near 0.3, and a higher rate with cosine
+      # decay got there (the demo preset); on the paper's data neither has been measured here.
+      config.optim.schedule = "cosine"
     config.train.patch_size = 256
     config.train.batch_size = 32
     config.train.num_epochs = 200

@@ -106,11 +106,12 @@ def _count(train_config, name: str, prefix: str) -> int:
   return int(value)
 
 
-def total_steps(train_config, num_train_images: int, prefix: str = "train.") -> int:
+def total_steps(train_config, num_train_images: int, prefix: str = "train.", patches_per_image: int = 1) -> int:
   """Number of optimiser steps; the duration is set once, by `num_steps` or by `num_epochs`.
 
-  An epoch is ceil(num_train_images / batch_size) steps (the last batch may be partial). `prefix` is where
-  `train_config` sits in the full config, for messages.
+  An epoch covers every training image's area once in patches: ceil(num_train_images * patches_per_image /
+  batch_size) steps, `patches_per_image` being ceil(H * W / patch_size**2) (data.sampler.patches_per_image).
+  `prefix` is where `train_config` sits in the full config, for messages.
   """
   num_steps = _count(train_config, "num_steps", prefix)
   num_epochs = _count(train_config, "num_epochs", prefix)
@@ -126,7 +127,7 @@ def total_steps(train_config, num_train_images: int, prefix: str = "train.") -> 
   if num_train_images <= 0:
     raise DataError(f"no training images (num_train_images={num_train_images}) to count epochs over: "
                     "point the data config at a folder with images")
-  return num_epochs * math.ceil(num_train_images / int(batch_size))
+  return num_epochs * math.ceil(num_train_images * int(patches_per_image) / int(batch_size))
 
 
 def compiled_bytes(compiled) -> int:

@@ -1,17 +1,21 @@
 """The paper's human comparison: experts label the held-out images blind, and their results sit next to the model's.
 
-`serve(work_dir, port)` (launch/blind_test.py) serves one local page on 127.0.0.1: first the training images of
-every stress time for practice, then the test images of `workdir/splits.json` in an order seeded by the expert's
-name, without labels. Every click is POSTed and saved at once (atomic write) to `workdir/blind_test/<expert>.json`,
-so a closed tab loses nothing and reopening resumes. `expert_results(work_dir)` then scores every expert
-(accuracy, confusion, mean absolute error in label steps, Spearman) and draws each expert's per-label accuracy and
-confusion matrix next to the classifier's (the paper's Figures 7 and 8) into `workdir/blind_test/`.
+`serve(work_dir, port)` (launch/blind_test.py) serves one local page on 127.0.0.1: first `practice_per_label`
+training images of every stress time for practice, then the test images of `workdir/splits.json` in an order seeded
+by the expert's name, without labels. Every click is POSTed and saved at once (atomic write) to
+`workdir/blind_test/<expert>.json`, so a closed tab loses nothing and reopening resumes. `expert_results(work_dir)`
+then scores every expert (accuracy with per-label Wilson intervals, confusion, mean absolute error in label steps,
+Spearman), tests each against the classifier on the same images (exact McNemar), draws the paper's Figure 7 (an
+expert) and Figure 8 (the classifier), and writes every answer to `workdir/blind_test/answers.csv`.
 """
+import csv
 import datetime
 import http.server
+import io
 import json
 import os
 import re
+import sys
 import threading
 import urllib.parse
 import zlib
@@ -21,7 +25,7 @@ import numpy as np
 from copper_jax import metrics
 from copper_jax.data import prepare
 from copper_jax.errors import UserError
-from copper_jax.store import workdir
+from copper_jax.store import tables, workdir
 from copper_jax.store.logs import log
 from copper_jax.viz import pixels
 
@@ -30,6 +34,18 @@ RESULTS_FILE = "results.json"
 PRACTICE_PER_LABEL = 3
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+# An answer is about 60 bytes of JSON; anything far larger is not one.
+MAX_BODY_BYTES = 4096
+# Seconds a connection may stay silent: a client that announces more bytes than it sends cannot hold a thread.
+READ_TIMEOUT_S = 10.0
+
+
+class _Refused(UserError):
+  """A request refused with an HTTP status other than 400."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status = status
 
 
 def check_expert(name: str) -> str:
@@ -37,6 +53,14 @@ def check_expert(name: str) -> str:
   if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".json") or name == "results":
     raise UserError(f"expert name {name!r}: use letters, digits, '.', '_' or '-' (up to 64), not 'results'")
   return name
+
+
+def check_practice(practice_per_label) -> int:
+  """The number of labelled training images shown per stress time before the test; UserError otherwise."""
+  if isinstance(practice_per_label, bool) or not isinstance(practice_per_label, int) or practice_per_label < 0:
+    raise UserError(f"practice_per_label={practice_per_label!r}: use a whole number >= 0 of training images shown "
+                    f"per stress time ({PRACTICE_PER_LABEL} by default)")
+  return practice_per_label
 
 
 def _now() -> str:
@@ -54,6 +78,7 @@ class BlindTest:
   """The images, their labels and every expert's answer file of one workdir; thread-safe."""
 
   def __init__(self, work_dir: str, practice_per_label: int = PRACTICE_PER_LABEL):
+    check_practice(practice_per_label)
     self.work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(self.work_dir)
     self.seed = int(config.seed)
@@ -83,8 +108,7 @@ class BlindTest:
   def _session(self, expert: str) -> dict:
     path = self.path(expert)
     if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+      saved = _read_answers(path)
       if sorted(q["path"] for q in saved["questions"]) != self.test_paths:
         raise UserError(f"{path} was made for other test images (splits.json changed); move it away to restart")
       return saved
@@ -137,11 +161,45 @@ class BlindTest:
     return self._png[index]
 
 
+def _read_answers(path: str) -> dict:
+  """An expert's answer file, checked for the fields scoring reads; UserError naming the file otherwise."""
+  fix = "move it away to restart that expert, or restore it from a backup"
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    questions = saved["questions"]
+    if not isinstance(saved["expert"], str) or not all(isinstance(t, (int, float)) for t in saved["stress_times"]):
+      raise TypeError("expert or stress_times")
+    num_labels = len(saved["stress_times"])
+    for q in questions:
+      answer, true = q["answer"], q["true_label"]
+      if not isinstance(q["path"], str) or type(true) is not int or not (answer is None or type(answer) is int):
+        raise TypeError("a question's path, true_label or answer")
+      if not 0 <= true < num_labels or not (answer is None or 0 <= answer < num_labels):
+        raise ValueError("a label outside the stress times")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"{path}: not a readable answer file ({type(e).__name__}: {str(e)[:80]}); {fix}") from None
+  return saved
+
+
+def _content_length(header) -> int:
+  """The announced body size in bytes; _Refused unless it is a plain number up to MAX_BODY_BYTES."""
+  if header is None:
+    raise _Refused(411, "the answer needs a Content-Length header")
+  if not header.strip().isdigit():
+    raise _Refused(400, f"Content-Length {header[:20]!r} is not a number of bytes")
+  length = int(header)
+  if length > MAX_BODY_BYTES:
+    raise _Refused(413, f"the answer is {length} bytes; at most {MAX_BODY_BYTES} are accepted")
+  return length
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
   """GET /, /api/state, /image/...; POST /api/answer. Loopback only, JSON in and out."""
   test: BlindTest = None
   default_expert: str = ""
   quiet: bool = True
+  timeout = READ_TIMEOUT_S  # socketserver sets it on the connection: a silent client times out
 
   def log_message(self, fmt, *args):
     """Silent: every image request would be a line; saved answers are logged instead."""
@@ -157,6 +215,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _json(self, status: int, obj) -> None:
     self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
+  def _json_body(self) -> dict:
+    """The POSTed JSON object, read to exactly its announced length (a short body times out, unsaved)."""
+    content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+      raise _Refused(415, f"Content-Type {content_type or 'none'!r}: send the answer as application/json")
+    length = _content_length(self.headers.get("Content-Length"))
+    raw = self.rfile.read(length)
+    if len(raw) < length:
+      raise UserError(f"the answer ended after {len(raw)} of {length} bytes")
+    try:
+      body = json.loads(raw)
+    except ValueError:
+      raise UserError("the answer is not JSON") from None
+    if not isinstance(body, dict):
+      raise UserError(f"the answer is JSON but not an object ({type(body).__name__}); send "
+                      "{\"expert\": ..., \"position\": ..., \"label\": ...}")
+    return body
+
   def _guarded(self, handle) -> None:
     # A page from another site must not reach this server through a name that resolves to 127.0.0.1.
     host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
@@ -165,8 +241,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return
     try:
       handle()
+    except _Refused as e:
+      self._json(e.status, {"error": str(e)})
     except UserError as e:
       self._json(400, {"error": str(e)})
+    except TimeoutError:
+      raise  # the server closes the connection; nothing was saved
+    except Exception as e:  # noqa: BLE001 -- one line for the expert and the log, never a traceback
+      log(f"error: {self.command} {self.path[:80]}: {type(e).__name__}: {str(e)[:160]}", False)
+      self._json(500, {"error": f"the server could not answer ({type(e).__name__}); see its terminal"})
 
   def do_GET(self):
     self._guarded(self._get)
@@ -190,20 +273,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if urllib.parse.urlparse(self.path).path != "/api/answer":
       self._json(404, {"error": f"no endpoint {self.path}"})
       return
-    length = int(self.headers.get("Content-Length") or 0)
-    try:
-      body = json.loads(self.rfile.read(min(length, 4096)) or b"{}")
-    except ValueError:
-      raise UserError("the answer is not JSON") from None
+    body = self._json_body()
     expert = check_expert(body.get("expert", ""))
     counts = self.test.answer(expert, body.get("position"), body.get("label"))
     log(f"{expert}: answer saved, {counts['answered']} of {counts['total']}", self.quiet)
     self._json(200, counts)
 
 
-def serve(work_dir: str, port: int = 8000, expert: str | None = None, quiet: bool = False):
-  """A started server on 127.0.0.1:`port` (0: any free port) in a background thread; `.shutdown()` stops it."""
-  test = BlindTest(work_dir)
+def serve(work_dir: str, port: int = 8000, expert: str | None = None, quiet: bool = False,
+          practice_per_label: int = PRACTICE_PER_LABEL):
+  """A started server on 127.0.0.1:`port` (0: any free port) in a background thread; `.shutdown()` stops it.
+  `practice_per_label` training images of every stress time are shown, labelled, before the test."""
+  if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    raise UserError(f"port {port!r}: use a number from 1 to 65535, or 0 for any free port")
+  test = BlindTest(work_dir, practice_per_label)
   handler = type("Handler", (_Handler,), {"test": test, "default_expert": check_expert(expert) if expert else "",
                                           "quiet": quiet})
   try:
@@ -369,6 +452,63 @@ def _model_results(work_dir: str, classifier_dir: str | None):
   return None, None
 
 
+def model_answers(model: dict | None) -> dict:
+  """{test image path: the classifier's predicted label}; empty for a results.json written before it kept its
+  per-image predictions (evaluate the classifier again with launch/evaluate.py to add them)."""
+  if not model:
+    return {}
+  return {p["path"]: int(p["predicted_label"]) for p in model.get("predictions", {}).get("test", ())}
+
+
+def compare_with_model(questions: list, answers_by_path: dict, num_classes: int) -> dict | None:
+  """The expert against the classifier on the test images both answered: exact McNemar on the discordant images
+  and each one's accuracy; None when the classifier's per-image answers are unknown."""
+  if not answers_by_path:
+    return None
+  paired = [q for q in questions if q["answer"] is not None and q["path"] in answers_by_path]
+  true_N = np.array([q["true_label"] for q in paired], np.int64)
+  expert_N = np.array([q["answer"] for q in paired], np.int64)
+  model_N = np.array([answers_by_path[q["path"]] for q in paired], np.int64)
+  paired_stats = metrics.paired_comparison(true_N, expert_N, model_N, num_classes)
+  verdict = {"first better": "the expert is more accurate", "second better": "the classifier is more accurate",
+             "no detectable difference": "no detectable difference"}[paired_stats["verdict"]]
+  return {"num_images": paired_stats["num_images"], "expert_accuracy": paired_stats["first_accuracy"],
+          "model_accuracy": paired_stats["second_accuracy"], "both_right": paired_stats["both_right"],
+          "only_expert_right": paired_stats["only_first_right"],
+          "only_model_right": paired_stats["only_second_right"], "both_wrong": paired_stats["both_wrong"],
+          "mcnemar_p": paired_stats["mcnemar_p"], "alpha": paired_stats["alpha"], "verdict": verdict}
+
+
+ANSWERS_CSV = "answers.csv"
+CSV_COLUMNS = ("expert", "position", "path", "true_label", "true_stress_time", "answer", "answer_stress_time",
+               "answered_at", "expert_correct", "model_answer", "model_correct")
+
+
+def answer_rows(session: dict, answers_by_path: dict) -> list:
+  """One CSV row per test image shown to the expert, answered or not (empty cells for what is unknown)."""
+  times = session["stress_times"]
+  rows = []
+  for position, q in enumerate(session["questions"]):
+    model = answers_by_path.get(q["path"])
+    answered = q["answer"] is not None
+    rows.append({"expert": session["expert"], "position": position, "path": q["path"],
+                 "true_label": q["true_label"], "true_stress_time": f"{times[q['true_label']]:g}",
+                 "answer": q["answer"] if answered else "",
+                 "answer_stress_time": f"{times[q['answer']]:g}" if answered else "",
+                 "answered_at": q["answered_at"] or "", "expert_correct": int(q["answer"] == q["true_label"])
+                 if answered else "", "model_answer": "" if model is None else model,
+                 "model_correct": "" if model is None else int(model == q["true_label"])})
+  return rows
+
+
+def write_answers_csv(path: str, rows: list) -> None:
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  workdir.atomic_write_text(path, buffer.getvalue())
+
+
 def headline(name: str, expert: dict) -> str:
   fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
   line = (f"{name}: {expert['answered']} of {expert['total']} test images answered; accuracy "
@@ -376,12 +516,18 @@ def headline(name: str, expert: dict) -> str:
           f"{fmt(expert['spearman'])}")
   if expert.get("model_accuracy") is not None:
     line += f" (classifier: accuracy {fmt(expert['model_accuracy'])})"
+  paired = expert.get("comparison")
+  if paired and paired["num_images"]:
+    line += (f"; on the same {paired['num_images']} images, expert {fmt(paired['expert_accuracy'])} against "
+             f"classifier {fmt(paired['model_accuracy'])}, exact McNemar p = {paired['mcnemar_p']:.3g}: "
+             f"{paired['verdict']}")
   return line
 
 
 def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool = True) -> dict:
-  """Scores every expert answer file in `workdir/blind_test/`, draws their figures next to the classifier's,
-  and writes `workdir/blind_test/results.json`; returns its content ({"experts": {}} when nobody answered).
+  """Scores every expert answer file in `workdir/blind_test/`, compares each with the classifier on the same images,
+  draws the paper's Figure 7 (each expert) and Figure 8 (the classifier), and writes `workdir/blind_test/` files
+  results.json and answers.csv (every answer); returns results.json's content ({"experts": {}} when nobody answered).
 
   The classifier's results come from `work_dir/results.json` (a classifier workdir) or `classifier_dir`, on its
   test split: the same images when both workdirs share the dataset and splits.json.
@@ -392,68 +538,103 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
       if os.path.isdir(folder) else []
   model_dir, model = _model_results(work_dir, classifier_dir)
   model_test = model["splits"].get("test") if model else None
-  results = {"experts": {}, "model": None}
-  if model_test:
-    results["model"] = {"workdir": os.path.abspath(model_dir), **model_test}
+  by_path = model_answers(model)
+  results = {"experts": {}, "model": None, "skipped": []}
+  rows = []
   for name in files:
-    with open(os.path.join(folder, name), encoding="utf-8") as f:
-      session = json.load(f)
+    try:
+      session = _read_answers(os.path.join(folder, name))
+    except UserError as e:
+      # One damaged file must not cost every other expert their results.
+      results["skipped"].append(str(e))
+      print(f"skipped: {e}", file=sys.stderr)
+      continue
     expert = session["expert"]
     names = [f"{t:g}" for t in session["stress_times"]]
+    if model_test and results["model"] is None:
+      results["model"] = {"workdir": os.path.abspath(model_dir), **model_test,
+                          "per_label_interval": metrics.per_label_intervals(model_test["confusion"]),
+                          "figure": FIGURE8}
+      plots.save(rater_figure("the classifier", model_test, names, 8), os.path.join(folder, FIGURE8))
     done = [q for q in session["questions"] if q["answer"] is not None]
     true_N = np.array([q["true_label"] for q in done], np.int64)
     answer_N = np.array([q["answer"] for q in done], np.int64)
     scores = metrics.summary(true_N, answer_N, len(names))
     scores.update(answered=len(done), total=len(session["questions"]),
-                  model_accuracy=model_test["accuracy"] if model_test else None)
-    figures = {"per_label": f"{expert}_per_label.png", "confusion": f"{expert}_confusion.png"}
+                  per_label_interval=metrics.per_label_intervals(scores["confusion"]),
+                  model_accuracy=model_test["accuracy"] if model_test else None,
+                  comparison=compare_with_model(session["questions"], by_path, len(names)))
+    figures = {"figure7": f"{expert}_figure7.png", "per_label": f"{expert}_per_label.png"}
+    plots.save(rater_figure(expert, scores, names, 7), os.path.join(folder, figures["figure7"]))
     plots.save(per_label_figure(expert, scores, model_test, names), os.path.join(folder, figures["per_label"]))
-    plots.save(confusion_figure(expert, scores, model_test, names), os.path.join(folder, figures["confusion"]))
     scores["figures"] = figures
     results["experts"][expert] = scores
+    rows.extend(answer_rows(session, by_path))
     log(headline(expert, scores), quiet)
-  if files:
+  if results["experts"]:
+    write_answers_csv(os.path.join(folder, ANSWERS_CSV), rows)
     workdir.atomic_write_json(os.path.join(folder, RESULTS_FILE), results)
+    tables.write_blind_test_table(folder, results)
   return results
 
 
+FIGURE8 = "figure8_classifier.png"
+
+
+def _interval_errors(scores: dict):
+  """(2, K) distances below and above each bar of the Wilson intervals; zeros where a label has no images."""
+  values = np.array([np.nan if v is None else v for v in scores["per_label_accuracy"]], float)
+  bounds = metrics.per_label_intervals(scores["confusion"])
+  low = np.array([np.nan if b[0] is None else b[0] for b in bounds], float)
+  high = np.array([np.nan if b[1] is None else b[1] for b in bounds], float)
+  return np.nan_to_num(np.stack([values - low, high - values]))
+
+
+def rater_figure(who: str, scores: dict, names, number: int):
+  """The paper's Figure 7 (an expert) or 8 (the classifier): accuracy per true stress time with Wilson 95%
+  intervals, and the row-normalised confusion matrix."""
+  from copper_jax.viz import plots
+  from copper_jax.viz.plots import plt
+  x = np.arange(len(names))
+  size = max(3.6, 0.3 * len(names) + 1.8)
+  fig, (bars, grid) = plt.subplots(1, 2, figsize=(2 * size + 1.2, size))
+  heights = np.nan_to_num(np.array([np.nan if v is None else v for v in scores["per_label_accuracy"]], float))
+  bars.bar(x, heights, 0.7, yerr=_interval_errors(scores), capsize=2, color="tab:orange" if number == 7 else
+           "tab:blue", error_kw={"elinewidth": 0.8})
+  bars.set_xticks(x, names, rotation=90 if len(names) > 8 else 0, fontsize=7)
+  bars.set_ylim(0, 1.05)
+  bars.set_xlabel("true stress time")
+  bars.set_ylabel("accuracy (95% Wilson interval)")
+  bars.grid(axis="y", alpha=0.3)
+  shown = plots.draw_confusion(grid, scores["confusion"], names, xlabel="answered stress time")
+  fig.colorbar(shown, ax=grid, fraction=0.046, pad=0.04, label="share of the row")
+  accuracy = scores["accuracy"]
+  fig.suptitle(f"Figure {number}: {who}, accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'} on "
+               f"{int(np.asarray(scores['confusion']).sum())} test images", fontsize=9)
+  return fig
+
+
 def per_label_figure(expert: str, scores: dict, model_test: dict | None, names):
-  """The paper's Figure 8: accuracy per true stress time, the expert's bars next to the classifier's."""
+  """Accuracy per true stress time, the expert's bars next to the classifier's, with Wilson 95% intervals."""
   from copper_jax.viz.plots import plt
   x = np.arange(len(names))
   width = 0.4 if model_test else 0.7
   fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) + 2), 3.4))
-  bars = [(f"{expert} ({scores['answered']} answers)", scores["per_label_accuracy"], "tab:orange")]
+  bars = [(f"{expert} ({scores['answered']} answers)", scores, "tab:orange")]
   if model_test:
-    bars.append(("classifier", model_test["per_label_accuracy"], "tab:blue"))
-  for b, (label, values, colour) in enumerate(bars):
+    bars.append(("classifier", model_test, "tab:blue"))
+  for b, (label, rater, colour) in enumerate(bars):
     shift = (b - (len(bars) - 1) / 2) * width
-    heights = np.array([np.nan if v is None else v for v in values], float)
-    ax.bar(x + shift, np.nan_to_num(heights), width, label=label, color=colour)
+    heights = np.array([np.nan if v is None else v for v in rater["per_label_accuracy"]], float)
+    ax.bar(x + shift, np.nan_to_num(heights), width, label=label, color=colour, yerr=_interval_errors(rater),
+           capsize=2, error_kw={"elinewidth": 0.8})
     for i in np.flatnonzero(np.isnan(heights)):
       ax.text(i + shift, 0.02, "none", rotation=90, ha="center", va="bottom", fontsize=6, color="gray")
   ax.set_xticks(x, names, rotation=90 if len(names) > 8 else 0, fontsize=7)
   ax.set_ylim(0, 1.25)  # headroom for the legend above full bars
   ax.set_xlabel("true stress time")
-  ax.set_ylabel("accuracy")
+  ax.set_ylabel("accuracy (95% Wilson interval)")
   ax.legend(fontsize=7, loc="upper center", ncol=2)
   ax.grid(axis="y", alpha=0.3)
-  ax.set_title(f"Accuracy per stress time: {expert} and the classifier (Figure 8)", fontsize=9)
-  return fig
-
-
-def confusion_figure(expert: str, scores: dict, model_test: dict | None, names):
-  """The paper's Figure 7: row-normalised confusion matrices of the expert and of the classifier."""
-  from copper_jax.viz import plots
-  from copper_jax.viz.plots import plt
-  panels = [(expert, scores["confusion"], scores["accuracy"])]
-  if model_test:
-    panels.append(("classifier", model_test["confusion"], model_test["accuracy"]))
-  size = max(3.6, 0.3 * len(names) + 1.8)
-  fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.8, size), squeeze=False)
-  for ax, (who, confusion, accuracy) in zip(axes[0], panels):
-    shown = plots.draw_confusion(ax, confusion, names, xlabel="answered stress time")
-    ax.set_title(f"{who}: accuracy {'n/a' if accuracy is None else f'{accuracy:.2f}'}", fontsize=9)
-  fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.03, label="share of the row")
-  fig.suptitle("Confusion matrices (Figure 7)", fontsize=9)
+  ax.set_title(f"Accuracy per stress time: {expert} and the classifier", fontsize=9)
   return fig

@@ -59,6 +59,7 @@ FAMILIES: dict[str, tuple[Callable[..., Any], dict[str, float], dict[str, Callab
     "step": (_step, {"mid": 0.5}, {"mid": lambda v: 0 < v <= 1}),
 }
 SPECIAL = ("table", "learned")
+CONTROL = "permuted"  # the negative control's family: fixed targets scrambled over the labels, never a hypothesis
 ENDPOINT_KEYS = ("lo", "hi")
 
 
@@ -72,6 +73,8 @@ class Hypothesis:
 
   @property
   def name(self) -> str:
+    if self.control:
+      return f"{CONTROL}({dict(self.params)['draw']})"
     items = list(self.params)
     if self.lo != 0.0:
       items.append(("lo", self.lo))
@@ -87,12 +90,16 @@ class Hypothesis:
   def learned(self) -> bool:
     return self.family == "learned"
 
+  @property
+  def control(self) -> bool:
+    return self.family == CONTROL
+
   def __call__(self, tau):
     """g(tau) as a JAX array; tau in [0, 1]. A table has values at the labels only: use `target_table`."""
     tau = jnp.asarray(tau, jnp.float32)
     params = dict(self.params)
-    if self.family == "table":
-      raise ValueError("a table hypothesis is defined at the labels only; use target_table")
+    if self.family in ("table", CONTROL):
+      raise ValueError(f"a {self.family} hypothesis is defined at the labels only; use target_table")
     if self.family == "learned":
       # Before training, the learned curve starts as the straight line between its pinned endpoints.
       shape = tau
@@ -173,6 +180,10 @@ def parse(spec: str) -> list[Hypothesis]:
   else:
     fixed = {}
     grid_keys = [k for k in args if isinstance(args[k], list)]
+    for key in grid_keys:
+      if not args[key]:
+        # An empty grid axis would expand to no hypothesis at all, silently dropping the spec.
+        raise ConfigError(f"hypothesis {spec!r}: {key}=[] lists no value; give at least one, e.g. {key}=[0.5, 2]")
     grid_values = [args[k] for k in grid_keys]
     fixed.update({k: v for k, v in args.items() if not isinstance(v, list)})
 
@@ -218,7 +229,7 @@ def target_table(hypotheses: list[Hypothesis], tau_T: np.ndarray) -> np.ndarray:
     if h.family == "table" and len(dict(h.params)["values"]) != len(tau_T):
       raise ConfigError(f"hypothesis {h.name!r}: the table has {len(dict(h.params)['values'])} values but the "
                         f"data have {len(tau_T)} labels; give one value per label")
-    if h.family == "table":
+    if h.family in ("table", CONTROL):
       row = h.lo + (h.hi - h.lo) * np.asarray(dict(h.params)["values"], np.float64)
     else:
       row = np.asarray(h(tau_T), np.float64)
@@ -227,12 +238,48 @@ def target_table(hypotheses: list[Hypothesis], tau_T: np.ndarray) -> np.ndarray:
     if row.min() < 0.0 or row.max() > 1.0:
       raise ConfigError(f"hypothesis {h.name!r} leaves [0, 1] (min {row.min():g}, max {row.max():g}); "
                         f"a fraction of area must lie in [0, 1]")
-    if np.any(np.diff(row) < -1e-9):
+    if not h.control and np.any(np.diff(row) < -1e-9):
       t = int(np.argmax(np.diff(row) < -1e-9))
       raise ConfigError(f"hypothesis {h.name!r} is not monotone: it falls from {row[t]:g} at label {t} to "
                         f"{row[t + 1]:g} at label {t + 1}; a smoothed fraction must not decrease with stress time")
     rows.append(row)
   return np.stack(rows).astype(np.float32)
+
+
+def _tent_ranks(num_labels: int) -> np.ndarray:
+  """For each label, the rank of its target in a tent: rising to a peak at the middle stress time, then falling
+  (ties between the two sides go to the earlier label)."""
+  height = -np.abs(np.arange(num_labels) - (num_labels - 1) / 2.0) - 1e-3 * np.arange(num_labels)
+  return np.argsort(np.argsort(height))
+
+
+def permuted_controls(num_labels: int, count: int, seed: int, max_rank_correlation: float = 0.3) -> list:
+  """`count` negative-control targets: the linear targets (evenly spaced over [0, 1]) in a label order that no
+  monotone curve can follow.
+
+  A model that only sees local texture gives a mean mask that is (close to) an affine function of the true fraction
+  f(t), monotone in t, so it cannot follow such targets; a model that reads the stress time from any other cue
+  (blur, brightness, ...) can, since any shape in t is then some function of that cue. The first control is the
+  tent, a single peak at the middle stress time (one turn: the easiest non-monotone shape for a model reading a
+  smooth cue such as brightness); the others are orders drawn from `seed`, each kept only if its Spearman
+  correlation with the label order is at most `max_rank_correlation` in size (scrambled: the hardest). Returns []
+  when fewer than 4 labels leave no such order.
+  """
+  if count <= 0 or num_labels < 4:
+    return []
+  values = np.linspace(0.0, 1.0, num_labels)
+  rng = np.random.default_rng([seed, 0x5EED])
+  ranks = np.arange(num_labels, dtype=np.float64)
+  orders = [_tent_ranks(num_labels)]
+  for _ in range(10_000):
+    if len(orders) >= count:
+      break
+    order = rng.permutation(num_labels)
+    rho = np.corrcoef(ranks, order.astype(np.float64))[0, 1]  # the ranks are the values: Pearson = Spearman
+    if abs(rho) <= max_rank_correlation and not any(np.array_equal(order, o) for o in orders):
+      orders.append(order)
+  return [Hypothesis(CONTROL, (("draw", i + 1), ("values", tuple(values[order].tolist()))))
+          for i, order in enumerate(orders[:count])]
 
 
 def learned_curve(g_logits_Tm1, lo: float = 0.0, hi: float = 1.0):

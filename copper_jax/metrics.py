@@ -86,3 +86,67 @@ def summary(true_N, pred_N, num_classes: int) -> dict:
       "per_label_accuracy": [_finite_or_none(a) for a in per_label_accuracy(confusion_KxK)],
       "confusion": confusion_KxK.tolist(),
   }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple:
+  """Wilson score interval (95% by default) of a proportion; (nan, nan) for no trials.
+
+  Unlike the normal approximation it stays inside [0, 1] and keeps close to its nominal coverage with the handful
+  of test images per label a blind test has.
+  """
+  if trials <= 0:
+    return math.nan, math.nan
+  p = successes / trials
+  z2 = z * z
+  centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+  half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(only_first_right: int, only_second_right: int) -> float:
+  """Two-sided exact McNemar p-value from the discordant pairs of two raters on the same images.
+
+  Under "equally accurate", each discordant image is a fair coin between the raters, so the smaller count is
+  Binomial(b + c, 1/2); the p-value doubles its lower tail (capped at 1). Images both got right or both got wrong
+  say nothing about which rater is better and are not counted.
+  """
+  b, c = int(only_first_right), int(only_second_right)
+  if b < 0 or c < 0:
+    raise ValueError(f"discordant counts must be >= 0, got {b} and {c}")
+  n = b + c
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2.0 ** n
+  return min(1.0, 2.0 * tail)
+
+
+def paired_comparison(true_N, first_N, second_N, num_classes: int, alpha: float = 0.05) -> dict:
+  """Two raters' answers on the same images: accuracies, the discordant pairs, exact McNemar and a verdict.
+
+  `verdict` is "first better", "second better" or "no detectable difference" at level `alpha`.
+  """
+  true_N, first_N = _as_labels(true_N, first_N)
+  _, second_N = _as_labels(true_N, second_N)
+  first_right, second_right = first_N == true_N, second_N == true_N
+  only_first = int(np.sum(first_right & ~second_right))
+  only_second = int(np.sum(second_right & ~first_right))
+  p_value = mcnemar_exact(only_first, only_second)
+  if p_value >= alpha or only_first == only_second:
+    verdict = "no detectable difference"
+  else:
+    verdict = "first better" if only_first > only_second else "second better"
+  return {"num_images": int(true_N.size), "first_accuracy": _finite_or_none(accuracy(true_N, first_N)),
+          "second_accuracy": _finite_or_none(accuracy(true_N, second_N)),
+          "both_right": int(np.sum(first_right & second_right)), "only_first_right": only_first,
+          "only_second_right": only_second, "both_wrong": int(np.sum(~first_right & ~second_right)),
+          "mcnemar_p": p_value, "alpha": alpha, "verdict": verdict}
+
+
+def per_label_intervals(confusion_KxK) -> list:
+  """Per true label [low, high] Wilson 95% interval of its accuracy ([None, None] for a label without images)."""
+  confusion_KxK = np.asarray(confusion_KxK)
+  rows = []
+  for k in range(confusion_KxK.shape[0]):
+    low, high = wilson_interval(int(confusion_KxK[k, k]), int(confusion_KxK[k].sum()))
+    rows.append([_finite_or_none(low), _finite_or_none(high)])
+  return rows

@@ -7,7 +7,9 @@ info-bar crop, and the training set's mean and std when the config standardised 
 training data comes from W/data_summary.json (`prepare.DataSummary`), so the training images are not loaded.
 
 Outputs under `out_dir`, mirroring the input's sub-folders and file stems:
-  sweep:      <stem>.npy (float32 mask in [0, 1], 1 = smoothed, the image's H x W) and <stem>_overlay.png
+  sweep:      <stem>_mask.tif (8-bit, 255 = smoothed), <stem>_probability.tif (float32 in [0, 1], the image's
+              H x W, mean over seeds), <stem>_overlay.png; samples.csv one row per sample (sub-folder) with an
+              interval and the equivalent stress time; about.txt what the columns mean and on what scale
   classifier: <stem>_cam.png (class activation map of the predicted stress time)
   summary.csv one row per image; skipped.txt the files that could not be used, and why.
 """
@@ -21,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import config_utils, members
+from copper_jax import config_utils, members, samples
 from copper_jax.classifier import program as classifier_program
-from copper_jax.data import folder, prepare
+from copper_jax.data import folder, prepare, sem_metadata
 from copper_jax.errors import CheckpointError, ConfigError, UserError
 from copper_jax.models import analysis
 from copper_jax.store import workdir
@@ -33,6 +35,8 @@ from copper_jax.sweep import steps as sweep_steps
 from copper_jax.viz import pixels
 
 SUMMARY_FILE = "summary.csv"
+SAMPLES_FILE = "samples.csv"
+ABOUT_FILE = "about.txt"
 SKIPPED_FILE = "skipped.txt"
 # 0: whole images, one call each (faster than tiles: no overlap computed twice, docs/performance.md), unless XLA's
 # memory analysis says the whole image would not fit; then tiles of FALLBACK_TILE pixels.
@@ -132,30 +136,51 @@ def _training_data(config, work_dir: str) -> prepare.DataSummary:
 
 
 class SweepPredictor:
-  """One member (hypothesis, seed) of a sweep workdir's latest checkpoint, predicting masks of any size."""
+  """One hypothesis of a sweep workdir's latest checkpoint, with one or all of its trained seeds, predicting masks
+  of any size. `state` is the first seed's; `masks` gives every seed's."""
 
-  def __init__(self, work_dir: str, member: str | None = None, seed: int = 0, tile: int = DEFAULT_TILE):
+  def __init__(self, work_dir: str, member: str | None = None, seed: int | None = 0, tile: int = DEFAULT_TILE):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
+    sweep_program.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
     data = _training_data(config, work_dir)
     sweep = sweep_program.build(config, data)
     names = [h.name for h in sweep.hypotheses]
     if member is None:
-      ranking = workdir.read_json(os.path.join(work_dir, "sweep.json"), {}).get("ranking")
-      if not ranking:
+      results = workdir.read_json(os.path.join(work_dir, "sweep.json"), None)
+      if not isinstance(results, dict):
         raise UserError(f"{work_dir} has no ranking (sweep.json) yet: pass --member, one of {', '.join(names)}")
-      member = ranking[0]
+      if not results.get("ranking"):
+        raise UserError(f"{work_dir}: no hypothesis was ranked ({results.get('verdict', 'every one diverged')}); "
+                        f"retrain with a lower optim.learning_rate, or pass --member to use one anyway")
+      member = results["ranking"][0]
     if member not in names:
       raise UserError(f"--member={member!r} is not a hypothesis of {work_dir}; use one of {', '.join(names)}")
-    if not 0 <= seed < config.num_seeds:
+    if seed is not None and not 0 <= seed < config.num_seeds:
       raise UserError(f"--seed={seed}: {work_dir} trained seeds 0..{config.num_seeds - 1}")
     states, self.step = sweep_program.restore(work_dir, sweep)
     if states is None:
       raise CheckpointError(f"no checkpoint in {work_dir}/checkpoints: train first with launch/sweep.py")
-    self.state = members.member_slice(states, members.member_index(names.index(member), seed, config.num_seeds))
-    if bool(self.state.diverged):
+    k = names.index(member)
+    rows = {s: members.member_index(k, s, config.num_seeds) for s in
+            ([seed] if seed is not None else range(config.num_seeds))}
+    self.seed_states = {s: members.member_slice(states, m) for s, m in rows.items()}
+    diverged = [s for s, state in self.seed_states.items() if bool(state.diverged)]
+    if seed is not None and diverged:
       raise UserError(f"member {member} seed {seed} diverged in training; choose another --member or --seed")
-    self.member, self.seed = member, seed
+    for s in diverged:
+      del self.seed_states[s]
+    if not self.seed_states:
+      raise UserError(f"every seed of member {member} diverged in training; choose another --member")
+    self.seeds = sorted(self.seed_states)
+    self.state = self.seed_states[self.seeds[0]]
+    self.seed = self.seeds[0]
+    self.member = member
+    # g at the labels, as trained (the learned g is each seed's own): what a fraction is inverted through.
+    targets_MxT = np.asarray(jax.device_get(sweep.program.final_targets(states, sweep.member_arrays)))
+    self.g_T = targets_MxT[[rows[s] for s in self.seeds]].mean(0)
+    self.stress_times = data.stress_times
+    self.data = data
     self.reader = Reader(config, data)
     self.tile, self.margin, self.multiple = tile_geometry(config.model, tile)
     # Whole images (tile=0) fall back to tiles when they would not fit; GroupNorm models cannot be tiled.
@@ -171,8 +196,9 @@ class SweepPredictor:
       self._compiled[shape] = self._predict.lower(self.state, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
     return self._compiled[shape]
 
-  def _run(self, image_1xHxWx1: np.ndarray):
-    return self._executable(image_1xHxWx1.shape)(self.state, jnp.asarray(image_1xHxWx1, jnp.float32))
+  def _run(self, image_1xHxWx1: np.ndarray, state=None):
+    state = self.state if state is None else state
+    return self._executable(image_1xHxWx1.shape)(state, jnp.asarray(image_1xHxWx1, jnp.float32))
 
   def tile_for(self, height: int, width: int) -> int:
     """The tile side for an (height, width) surface: `self.tile`, or with tile=0 the whole image when XLA's memory
@@ -186,11 +212,17 @@ class SweepPredictor:
     del self._compiled[shape]
     return self.fallback_tile
 
-  def mask(self, pixels_HxW: np.ndarray) -> np.ndarray:
-    """float32 (H, W) mask in [0, 1] of an image as read by `reader.read`; info-bar rows are 0 (not surface)."""
+  def mask(self, pixels_HxW: np.ndarray, state=None) -> np.ndarray:
+    """float32 (H, W) mask in [0, 1] of an image as read by `reader.read`, by `state` (default: the first seed's);
+    info-bar rows are 0 (not surface)."""
     surface = self.reader.standardise(pixels_HxW)
-    mask = predict_tiled(self._run, surface, self.tile_for(*surface.shape), self.margin, self.multiple)
+    run = self._run if state is None else functools.partial(self._run, state=state)
+    mask = predict_tiled(run, surface, self.tile_for(*surface.shape), self.margin, self.multiple)
     return np.pad(mask, ((0, self.reader.crop_bottom), (0, 0)))
+
+  def masks(self, pixels_HxW: np.ndarray) -> np.ndarray:
+    """float32 (S, H, W): `mask` of every seed in `seeds`."""
+    return np.stack([self.mask(pixels_HxW, self.seed_states[s]) for s in self.seeds])
 
 
 class ClassifierPredictor:
@@ -203,6 +235,7 @@ class ClassifierPredictor:
   def __init__(self, work_dir: str):
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
+    classifier_program.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
     data = _training_data(config, work_dir)
     program = classifier_program.ClassifierProgram(config, data.num_classes, None)
     self.state, info = classifier_program.restore_for_eval(config, work_dir, data, data.split_sizes.get("val", 0) > 0, program,
@@ -275,10 +308,31 @@ def find_images(paths, out_dir: str) -> list:
   return found
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def check_out_folder(out_dir: str, images) -> str:
+  """The absolute output folder, refused (UserError) before any work when it is unusable (see
+  `workdir.check_output_folder`), when it is an input folder, or when an input lies inside it: its overlays and
+  masks could then replace a user's file or be read as images by the next run. An output folder inside an input
+  folder is fine: `find_images` leaves it out."""
+  out_dir = workdir.check_output_folder(out_dir, "--out")
+  real_out = os.path.realpath(out_dir)
+  for path in images:
+    real = os.path.realpath(path)
+    if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+      raise UserError(f"--out={out_dir} {'is' if real == real_out else 'holds'} the input {path}: outputs would "
+                      f"land among the images they are made from; choose an --out folder outside the inputs")
+  return out_dir
+
+
+def _tiff_bytes(pixels_HxW: np.ndarray, pixel_size_nm: float | None) -> bytes:
+  """A TIFF Fiji/ImageJ opens with its scale set when the pixel size is known."""
+  import tifffile
   buffer = io.BytesIO()
-  np.save(buffer, array)
-  workdir.atomic_write_bytes(path, buffer.getvalue())
+  if pixel_size_nm:
+    per_um = 1e3 / pixel_size_nm
+    tifffile.imwrite(buffer, pixels_HxW, imagej=True, resolution=(per_um, per_um), metadata={"unit": "um"})
+  else:
+    tifffile.imwrite(buffer, pixels_HxW)
+  return buffer.getvalue()
 
 
 def _write_csv(path: str, header: list, rows: list) -> None:
@@ -289,30 +343,113 @@ def _write_csv(path: str, header: list, rows: list) -> None:
   workdir.atomic_write_text(path, text.getvalue())
 
 
-def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed: int = 0,
+def _number(value, digits: int = 6) -> str:
+  return "" if value is None else f"{value:.{digits}g}"
+
+
+def _sample_of(stem: str) -> str:
+  """The sample an output stem belongs to: its folder below the input folder ("." for files directly in it)."""
+  return os.path.dirname(stem).replace(os.sep, "/") or "."
+
+
+SWEEP_HEADER = ["path", "output", "sample", "height", "width", "smoothed_fraction_on_g_scale", "seed_sd", "seed_min",
+                "seed_max", "num_seeds", "equivalent_stress_time", "pixel_size_nm", "flags", "hypothesis", "seeds",
+                "checkpoint_step"]
+SAMPLE_HEADER = ["sample", "num_fields", "num_seeds", "mean_smoothed_fraction_on_g_scale", "ci95_low", "ci95_high",
+                 "interval_over", "equivalent_stress_time", "stress_time_ci95_low", "stress_time_ci95_high",
+                 "stress_time_note", "flagged_fields", "hypothesis"]
+
+
+def _about_text(model) -> str:
+  g = ", ".join(f"g({t:g})={v:.3f}" for t, v in zip(model.stress_times, model.g_T))
+  return f"""Predictions of hypothesis {model.member} (seeds {' '.join(map(str, model.seeds))}, checkpoint step {model.step}).
+
+Scale: every fraction here is on the hypothesis's scale, where g(t_min) = 0 and g(t_max) = 1 by construction: it
+says how far an image's smoothed-looking area lies between the least and the most etched training images, not
+what share of the surface is smoothed in absolute terms. It is a learned proxy from SEM intensity and texture,
+not an ISO 25178 roughness measurement (Sdr needs a height map).
+g at the training stress times: {g}
+
+{SUMMARY_FILE}   one row per image: smoothed_fraction_on_g_scale (mean over seeds), its spread over seeds
+              (seed_sd, seed_min, seed_max), the equivalent stress time (the t at which g reaches that fraction;
+              empty when g has no inverse), the pixel size from the file's metadata, and flags when the image is
+              unlike the training images (pixel size, brightness, contrast, info bar).
+{SAMPLES_FILE}   one row per sample (sub-folder): the mean over its fields of view and seeds with a 95% Student t
+              interval over both (interval_over says which varied), and the equivalent stress time of the mean
+              and of the interval's ends. Fields of view of one specimen are not independent draws of the
+              process: the interval says how well this sample is measured, not how the process varies.
+<stem>_mask.tif         8-bit mask, 255 = smoothed (seed-mean probability >= 0.5), opens in Fiji/ImageJ
+<stem>_probability.tif  32-bit float probability in [0, 1] (mean over seeds); info-bar rows are 0
+<stem>_overlay.png      the mask drawn on the image, to check it by eye
+"""
+
+
+def _predict_sweep_image(model, file: str, stem: str, image: np.ndarray, target: str) -> tuple[list, dict]:
+  """Writes one image's mask files; returns its summary row and its record for the per-sample table."""
+  H, W = image.shape
+  crop = model.reader.crop_bottom
+  meta = sem_metadata.read_sem_metadata(file, H)
+  masks_SxHxW = model.masks(image)
+  probability = masks_SxHxW.mean(0)
+  fraction_S = masks_SxHxW[:, :H - crop].mean(axis=(1, 2), dtype=np.float64)
+  bar = meta.info_bar_rows if meta.info_bar_rows is not None else sem_metadata.detect_info_bar_rows(image)
+  flags = samples.distribution_flags(image[:H - crop], meta.pixel_size_nm, model.data, bar, crop)
+  workdir.atomic_write_bytes(target + "_mask.tif", _tiff_bytes(np.where(probability >= 0.5, 255, 0).astype(np.uint8),
+                                                               meta.pixel_size_nm))
+  workdir.atomic_write_bytes(target + "_probability.tif", _tiff_bytes(probability.astype(np.float32),
+                                                                      meta.pixel_size_nm))
+  workdir.atomic_write_bytes(target + "_overlay.png",
+                             pixels.png_bytes(pixels.mask_overlay(pixels.display_gray(image), probability)))
+  fraction = float(fraction_S.mean())
+  t, _ = samples.equivalent_stress_time(fraction, model.g_T, model.stress_times)
+  row = [file, stem, _sample_of(stem), H, W, f"{fraction:.6f}",
+         _number(float(fraction_S.std(ddof=1)) if len(fraction_S) > 1 else None),
+         f"{fraction_S.min():.6f}", f"{fraction_S.max():.6f}", len(fraction_S), _number(t),
+         _number(meta.pixel_size_nm), "; ".join(flags), model.member, " ".join(map(str, model.seeds)), model.step]
+  return row, {"sample": _sample_of(stem), "fraction_S": fraction_S, "flags": flags}
+
+
+def _write_samples(out_dir: str, model, records: list) -> list:
+  rows = samples.sample_rows(records, model.g_T, model.stress_times)
+  _write_csv(os.path.join(out_dir, SAMPLES_FILE), SAMPLE_HEADER, [
+      [r["sample"], r["num_fields"], r["num_seeds"], f"{r['mean']:.6f}", _number(r["ci95_low"]),
+       _number(r["ci95_high"]), r["interval_over"], _number(r["stress_time"]), _number(r["stress_time_low"]),
+       _number(r["stress_time_high"]), r["stress_time_note"] or "", r["flagged_fields"], model.member]
+      for r in rows])
+  return rows
+
+
+def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed: int | None = None,
             tile: int = DEFAULT_TILE, quiet: bool = False) -> dict:
   """Predicts every image in `images` (folders and files) with the model of `work_dir` into `out_dir`.
 
-  Returns {"rows": summary rows as dicts, "skipped": ["file: reason"], "kind": "sweep" | "classifier"}.
-  Unreadable images are skipped (listed on stderr and in skipped.txt); summary.csv is rewritten after every
-  image, so an interrupted run keeps the rows of the images it finished.
+  seed: sweep only: the one trained seed to use; None uses every seed that did not diverge, and reports their
+    spread.
+  Returns {"rows": summary rows as dicts, "samples": per-sample rows (sweep), "skipped": ["file: reason"],
+  "kind": "sweep" | "classifier"}. Unreadable images are skipped (listed on stderr and in skipped.txt); the tables
+  are rewritten after every image, so an interrupted run keeps the rows of the images it finished.
   """
   config = workdir.load_config(work_dir)
   kind = "sweep" if "hypotheses" in config else "classifier"
   if kind == "classifier" and member is not None:
     raise UserError(f"{work_dir} is a classifier workdir: --member only applies to a sweep")
+  out_dir = check_out_folder(out_dir, images)
   found = find_images(images, out_dir)
+  if not found:
+    raise UserError(f"no image files ({'/'.join(folder.IMAGE_EXTENSIONS)}) in {', '.join(map(str, images))}: "
+                    f"point --images at a folder holding SEM images")
   model = SweepPredictor(work_dir, member, seed, tile) if kind == "sweep" else ClassifierPredictor(work_dir)
   os.makedirs(out_dir, exist_ok=True)
   if kind == "sweep":
-    log(f"masks of hypothesis {model.member} (seed {model.seed}, checkpoint step {model.step})", quiet)
-    header = ["path", "output", "height", "width", "smoothed_fraction", "adhesive_fraction", "hypothesis", "seed",
-              "checkpoint_step"]
+    log(f"masks of hypothesis {model.member} (seeds {', '.join(map(str, model.seeds))}, checkpoint step "
+        f"{model.step})", quiet)
+    header = SWEEP_HEADER
+    workdir.atomic_write_text(os.path.join(out_dir, ABOUT_FILE), _about_text(model))
   else:
     log(f"stress times from the classifier (checkpoint step {model.step})", quiet)
     header = (["path", "output", "height", "width", "predicted_stress_time"]
               + [f"p_t={t:g}" for t in model.stress_times] + ["checkpoint_step"])
-  rows, skipped, taken = [], [], {}
+  rows, records, sample_table, skipped, taken = [], [], [], [], {}
   progress = Progress(len(found), "predict", quiet=quiet)
   try:
     for file, stem in found:
@@ -329,18 +466,15 @@ def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed
       taken[key] = file
       target = os.path.join(out_dir, stem)
       os.makedirs(os.path.dirname(target), exist_ok=True)
-      gray = pixels.display_gray(image)
       H, W = image.shape
       if kind == "sweep":
-        mask = model.mask(image)
-        smoothed = float(mask[:H - model.reader.crop_bottom].mean(dtype=np.float64))
-        _save_npy(target + ".npy", mask)
-        workdir.atomic_write_bytes(target + "_overlay.png", pixels.png_bytes(pixels.mask_overlay(gray, mask)))
-        rows.append([file, stem, H, W, f"{smoothed:.6f}", f"{1.0 - smoothed:.6f}", model.member, model.seed,
-                     model.step])
+        row, record = _predict_sweep_image(model, file, stem, image, target)
+        rows.append(row)
+        records.append(record)
+        sample_table = _write_samples(out_dir, model, records)
       else:
         prob, cam = model.classify(image)
-        shown = pixels.cam_overlay(gray[:cam.shape[0]], cam)
+        shown = pixels.cam_overlay(pixels.display_gray(image)[:cam.shape[0]], cam)
         workdir.atomic_write_bytes(target + "_cam.png", pixels.png_bytes(shown))
         rows.append([file, stem, H, W, f"{model.stress_times[int(prob.argmax())]:g}"]
                     + [f"{p:.6f}" for p in prob] + [model.step])
@@ -356,4 +490,7 @@ def predict(work_dir: str, images, out_dir: str, member: str | None = None, seed
     os.remove(skipped_path)  # a stale list from an earlier run would name files that are fine now
   if not rows:
     raise UserError(f"none of the {len(found)} image file(s) could be used (see {skipped_path})")
-  return {"kind": kind, "rows": [dict(zip(header, r)) for r in rows], "skipped": skipped}
+  flagged = sum(1 for r in records if r["flags"])
+  if flagged:
+    log(f"{flagged} image(s) look unlike the training images: see the flags column of {SUMMARY_FILE}", quiet)
+  return {"kind": kind, "rows": [dict(zip(header, r)) for r in rows], "samples": sample_table, "skipped": skipped}

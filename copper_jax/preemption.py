@@ -29,7 +29,7 @@ class Preempted(Exception):
 
 def _several_processes() -> bool:
   import jax  # not at import time: the launchers import this module before JAX may start (see copper_jax.cli)
-  return jax.process_count() > 1
+  return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 class StopOnSignal:

@@ -4,9 +4,9 @@ After `jax.distributed.initialize()` every process runs the same program on its 
 axis is split over all of them (`members.members_mesh`). Each process trains its own members; the checkpoint
 (orbax) is written by all of them together; every other file of the workdir (metrics, results, figures, the
 synthetic data) is written by the first process alone, so the workdir is the one a single process would leave.
-With one process every function here is what the single-process code did before.
+With one process every function here is what the single-process code did before. JAX is imported where it is
+used, so the modules that import this one (the workdir lock, the metric writer) still import without it.
 """
-import jax
 import numpy as np
 
 
@@ -21,6 +21,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   `heartbeat_timeout_s` (JAX's default, 100 s) has passed without its heartbeat; they then abort, and the job is
   restarted from the last checkpoint.
   """
+  import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.config.update("jax_enable_preemption_service", True)
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
@@ -29,12 +30,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 def is_primary() -> bool:
   """Whether this process writes the workdir's files (always, with one process)."""
-  return jax.process_index() == 0
+  import jax
+  # Asked before anything runs on a device too (the workdir lock): without a job of several processes, starting
+  # JAX's backends here would fix XLA's flags before the launcher sets them.
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def to_host(tree):
   """`jax.device_get` of a pytree, gathering arrays spread over several processes' devices (a collective: every
   process must call it at the same point)."""
+  import jax
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       from jax.experimental import multihost_utils
@@ -45,6 +50,7 @@ def to_host(tree):
 
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived; nothing with one process."""
-  if jax.process_count() > 1:
+  import jax
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)

@@ -3,9 +3,11 @@
   python launch/predict.py --workdir=runs/demo --images=new_images/ --out=predictions [--member=NAME]
   python launch/predict.py --workdir=runs/demo --out=predictions img1.tif img2.tif
 
-A sweep workdir writes OUT/<stem>.npy (mask, 1 = smoothed) and OUT/<stem>_overlay.png per image, with the top-ranked
-hypothesis unless --member names another; a classifier workdir writes OUT/<stem>_cam.png and the class
-probabilities. Both write OUT/summary.csv, and OUT/skipped.txt when some files could not be read.
+A sweep workdir writes OUT/<stem>_mask.tif (8-bit, 255 = smoothed), OUT/<stem>_probability.tif and
+OUT/<stem>_overlay.png per image, with the top-ranked hypothesis (every trained seed, unless --seed picks one) unless
+--member names another, and OUT/samples.csv, one row per sub-folder (sample); a classifier workdir writes
+OUT/<stem>_cam.png and the class probabilities. Both write OUT/summary.csv, and OUT/skipped.txt when some files could
+not be read. OUT/about.txt says what each column means.
 """
 from absl import flags
 
@@ -18,7 +20,8 @@ _IMAGES = flags.DEFINE_multi_string("images", [], "An image folder (searched rec
 _OUT = flags.DEFINE_string("out", None, "Folder for the predictions (mirrors the input's sub-folders).",
                            required=True)
 _MEMBER = flags.DEFINE_string("member", None, "Sweep only: the hypothesis to use (default: the top-ranked).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sweep only: which trained seed of the hypothesis.", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", None, "Sweep only: one trained seed of the hypothesis (default: every seed, "
+                             "with their spread).", lower_bound=0)
 _TILE = flags.DEFINE_integer("tile", 0, "Sweep only: tile side in pixels (0: each image whole, in tiles of 512 "
                              "only when it would not fit in memory). Tiles overlap by the receptive field, so the "
                              "mask equals the whole-image one; whole images are faster.", lower_bound=0)

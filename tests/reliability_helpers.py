@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from copper_jax.store import logs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLL_S = 0.005
 
@@ -115,9 +117,21 @@ def assert_same_arrays(a: dict, b: dict) -> None:
 
 
 def text(work_dir: str, name: str) -> str:
-  """A workdir file's text with the workdir's own path replaced, so two workdirs' files compare directly."""
+  """A workdir file's text with the workdir's own path replaced, so two workdirs' files compare directly; in
+  metrics.jsonl the lines lose their timing keys (when each was written, and the speed), which no rerun repeats."""
   with open(os.path.join(work_dir, name), encoding="utf-8") as f:
-    return f.read().replace(os.path.abspath(work_dir), "<workdir>")
+    content = f.read().replace(os.path.abspath(work_dir), "<workdir>")
+  if name == logs.METRICS_FILE:
+    content = "".join(_without_timing(line) + "\n" for line in content.splitlines())
+  return content
+
+
+def _without_timing(line: str) -> str:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return line  # a partial line stays as it is, so it still differs from a whole one
+  return json.dumps({k: v for k, v in record.items() if k not in logs.TIMING_KEYS})
 
 
 def strict_json(path: str):

@@ -210,8 +210,9 @@ def test_resume_continues_exactly(tiny_root, tmp_path):
 
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_good_checkpoint(tiny_root, tmp_path):
-  # 16 training images in one batch: one step per epoch, a checkpoint after step 1; lr 1e35 breaks step 2.
-  config = smoke_config(tiny_root, num_epochs=0, num_steps=4, batch_size=16, eval_every_epochs=1)
+  # 16 whole 64x64 training images in one batch: one step per epoch, a checkpoint after step 1; lr 1e35 breaks
+  # step 2.
+  config = smoke_config(tiny_root, num_epochs=0, num_steps=4, batch_size=16, eval_every_epochs=1, patch_size=64)
   config.optim.learning_rate = 1e35
   work = str(tmp_path / "nan")
   with pytest.raises(classifier.NonFiniteLossError, match="not finite at step 2.*checkpoints up to step 1"):

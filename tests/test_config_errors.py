@@ -91,3 +91,18 @@ def test_memory_figures_come_from_the_device_and_xla():
   # x * 2 on 1000 float32 values: 4000 bytes in, 4000 bytes out, nothing donated.
   compiled = jax.jit(lambda x: x * 2).lower(jax.ShapeDtypeStruct((1000,), jnp.float32)).compile()
   assert config_utils.compiled_bytes(compiled) >= 8000
+
+
+@pytest.mark.parametrize("name, table", [("sweep", "SWEEP"), ("classifier", "CLASSIFIER"), ("grid_search", "GRID")])
+def test_every_key_of_every_preset_has_a_validation_rule(name, table):
+  """A key added to a config without a rule would pass unchecked; the grid's value lists are checked when expanded
+  (`grid_search.grid_points`)."""
+  import importlib
+  from copper_jax import config_rules
+  module = importlib.import_module(f"configs.{name}")
+  rules = getattr(config_rules, table)
+  for preset in module.PRESETS:
+    keys = config_utils.flatten(module.get_config(preset))
+    unruled = [k for k in keys if k not in rules and not any(k.startswith(r + ".") for r in rules)
+               and not (k.startswith("grid.") and k != "grid.budget_mb")]
+    assert unruled == [], (preset, unruled)

@@ -81,10 +81,14 @@ def test_label_folders_sort_numerically_and_images_load_natively(tmp_path):
   assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_single_stress_time_has_zero_tau_and_dataset_standardisation_pools(tmp_path):
-  _make_folder(tmp_path, times=("3",), per_label=3)
-  ds = load_folder(tmp_path, standardise="dataset")
-  np.testing.assert_array_equal(ds.tau, [0.0])
+def test_single_stress_time_is_refused_and_dataset_standardisation_pools(tmp_path):
+  # One stress time gives no span for tau and nothing to tell apart: a classifier scored 1.000 on it.
+  _make_folder(tmp_path / "one", times=("3",), per_label=3)
+  with pytest.raises(DataError, match=r"one stress-time folder \(3\).*at least two"):
+    load_folder(tmp_path / "one")
+  _make_folder(tmp_path / "two", times=("3", "5"), per_label=3)
+  ds = load_folder(tmp_path / "two", standardise="dataset")
+  np.testing.assert_array_equal(ds.tau, [0.0, 1.0])
   pooled = np.stack(ds.images).astype(np.float64)
   np.testing.assert_allclose(ds.mean, pooled.mean())
   np.testing.assert_allclose(ds.std, pooled.std())
@@ -111,7 +115,7 @@ def _luma(rgb):
 ])
 def test_formats_keep_native_dtype_and_convert_colour_to_luminance(tmp_path, name, pixels, dtype, expected):
   _write(str(tmp_path / "0" / name), pixels)
-  _write(str(tmp_path / "1" / "b.png"), np.zeros((30, 36), np.uint8))
+  _write(str(tmp_path / "1" / name), pixels)  # a second stress time, of the same pixel type
   ds = load_folder(tmp_path)
   image = ds.images[ds.paths.index(f"0/{name}")]
   assert image.dtype == dtype and image.shape == (30, 36)
@@ -120,13 +124,13 @@ def test_formats_keep_native_dtype_and_convert_colour_to_luminance(tmp_path, nam
 
 
 def test_crop_bottom_removes_info_bar_from_images_and_statistics(tmp_path):
-  image = np.full((40, 32), 100, np.uint8)
-  image[32:] = 255  # an 8-row info bar
-  for t in ("0", "1"):
+  for t, level in (("0", 100), ("1", 120)):
+    image = np.full((40, 32), level, np.uint8)
+    image[32:] = 255  # an 8-row info bar
     _write(str(tmp_path / t / "a.tif"), image)
   ds = load_folder(tmp_path, crop_bottom=8)
   assert ds.image_shape == (32, 32)
-  np.testing.assert_array_equal(ds.mean, [100.0, 100.0])
+  np.testing.assert_array_equal(ds.mean, [100.0, 120.0])
   np.testing.assert_array_equal(ds.std, [0.0, 0.0])
   np.testing.assert_array_equal(ds.standardised(0), 0.0)  # constant image: std floored, no NaN
 

@@ -1,5 +1,6 @@
 """The experts' blind test: a scripted expert clicks through the page in Chromium, the answers file follows every
 click, a closed tab resumes, and the per-label results sit next to the classifier's."""
+import csv
 import json
 import os
 import signal
@@ -168,3 +169,7 @@ def test_launcher_serves_saves_and_scores_on_ctrl_c(clf_dir, tmp_path):
   assert process.returncode == 0, err
   assert "fay: 1 of 4 test images answered" in out
   assert np.isclose(expert_study.expert_results(clf_dir)["experts"]["fay"]["answered"], 1)
+  # The same scores as a spreadsheet table.
+  with open(os.path.join(clf_dir, expert_study.FOLDER, "results.csv"), newline="") as f:
+    table = {row["who"]: row for row in csv.DictReader(f)}
+  assert (table["fay"]["answered"], table["fay"]["total"]) == ("1", "4") and "classifier" in table

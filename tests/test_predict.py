@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tifffile
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
@@ -87,7 +88,7 @@ def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
   work_dir, summary = smoke
   files, rel = _test_files(work_dir)
   out = tmp_path / "out"
-  result = predict.predict(work_dir, files, str(out), quiet=True)
+  result = predict.predict(work_dir, files, str(out), seed=0, quiet=True)
   leader = summary["ranking"][0]
   # The same member through the sweep's own evaluation path: the masks must agree to float precision.
   config = workdir.load_config(work_dir)
@@ -99,18 +100,21 @@ def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
   m = members.member_index([h.name for h in built.hypotheses].index(leader), 0, config.num_seeds)
   for j, p in enumerate(rel):
     stem = os.path.splitext(p)[0]
-    mask = np.load(out / f"{stem}.npy")
+    mask = tifffile.imread(out / f"{stem}_probability.tif")
     assert mask.dtype == np.float32 and mask.shape == dataset.image_shape
     np.testing.assert_allclose(mask, masks[m, j], atol=1e-6)
+    binary = tifffile.imread(out / f"{stem}_mask.tif")
+    assert binary.dtype == np.uint8 and set(np.unique(binary)) <= {0, 255}
+    np.testing.assert_array_equal(binary == 255, masks[m, j] >= 0.5)
     overlay = iio.imread(out / f"{stem}_overlay.png")
     assert overlay.shape == (*dataset.image_shape, 3)
   with open(out / "summary.csv") as f:
     table = list(csv.DictReader(f))
   assert [r["output"] for r in table] == [os.path.splitext(p)[0] for p in rel]
   for r, j in zip(table, range(len(rel))):
-    assert r["hypothesis"] == leader and r["seed"] == "0"
-    assert float(r["smoothed_fraction"]) == pytest.approx(float(masks[m, j].mean()), abs=1e-6)
-    assert float(r["smoothed_fraction"]) + float(r["adhesive_fraction"]) == pytest.approx(1.0)
+    assert r["hypothesis"] == leader and r["seeds"] == "0" and r["num_seeds"] == "1"
+    assert float(r["smoothed_fraction_on_g_scale"]) == pytest.approx(float(masks[m, j].mean()), abs=1e-6)
+    assert "adhesive_fraction" not in r
   assert result["skipped"] == [] and not (out / "skipped.txt").exists()
 
 
@@ -133,7 +137,7 @@ def test_folders_are_mirrored_and_unreadable_files_skipped(smoke, tmp_path, caps
   # A second run into the same folder, inside the input, does not take the first run's overlays as images.
   result = predict.predict(work_dir, [str(src)], str(out), member="linear", tile=32, quiet=True)
   assert sorted(r["output"] for r in result["rows"]) == ["batch_a/good", "top"]
-  assert np.load(out / "top.npy").shape == (3 * image.shape[0], 2 * image.shape[1])
+  assert tifffile.imread(out / "top_probability.tif").shape == (3 * image.shape[0], 2 * image.shape[1])
   assert {r["hypothesis"] for r in result["rows"]} == {"linear"}
   skipped = (out / "skipped.txt").read_text().splitlines()
   assert len(skipped) == 3
@@ -233,10 +237,11 @@ def test_predict_needs_only_the_summary_of_the_training_data(smoke, tmp_path):
   moved = tmp_path / "moved"
   shutil.copytree(work_dir, moved, ignore=shutil.ignore_patterns("data"))
   result = predict.predict(str(moved), [str(new)], str(tmp_path / "out"), quiet=True)
-  assert [r["smoothed_fraction"] for r in result["rows"]] == [r["smoothed_fraction"] for r in reference["rows"]]
+  fractions = lambda rows: [r["smoothed_fraction_on_g_scale"] for r in rows]
+  assert fractions(result["rows"]) == fractions(reference["rows"])
   for row in result["rows"]:
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{row['output']}.npy"),
-                                  np.load(tmp_path / "reference" / f"{row['output']}.npy"))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{row['output']}_probability.tif"),
+                                  tifffile.imread(tmp_path / "reference" / f"{row['output']}_probability.tif"))
   # A garbled summary is named, with the fix.
   (moved / prepare.SUMMARY_FILE).write_text("{not json")
   with pytest.raises(UserError, match="data_summary.json is unreadable.*delete it"):
@@ -246,4 +251,4 @@ def test_predict_needs_only_the_summary_of_the_training_data(smoke, tmp_path):
   shutil.copytree(work_dir, older)
   os.remove(older / prepare.SUMMARY_FILE)
   result = predict.predict(str(older), [str(new)], str(tmp_path / "out3"), quiet=True)
-  assert [r["smoothed_fraction"] for r in result["rows"]] == [r["smoothed_fraction"] for r in reference["rows"]]
+  assert fractions(result["rows"]) == fractions(reference["rows"])

@@ -329,8 +329,9 @@ def test_classifier_stops_at_a_non_finite_loss_and_keeps_the_good_checkpoint(cla
                                                                              tmp_path):
   del classifier_reference  # only for the skip when the classifier is missing, and a warm cache
   work_dir = str(tmp_path / "w")
-  # One step per epoch and a checkpoint after each; a learning rate of 1e35 breaks step 2.
-  args = [*CLASSIFIER, "--config.train.batch_size=16", "--config.train.eval_every_epochs=1",
+  # Whole-image patches, so one step per epoch and a checkpoint after each; a learning rate of 1e35 breaks step 2.
+  args = [*CLASSIFIER, "--config.train.batch_size=16", "--config.train.patch_size=64",
+          "--config.train.eval_every_epochs=1",
           "--config.train.num_epochs=4", "--config.optim.learning_rate=1e35", f"--workdir={work_dir}"]
   run = Launch("train.py", args, f"{work_dir}.log", cache)
   assert run.wait(RUN_S) == 2, run.output()

@@ -1,4 +1,5 @@
 """The sweep report: self-contained, complete, and rendered by headless Chromium without console errors."""
+import html
 import json
 import os
 import re
@@ -49,8 +50,14 @@ def runs(tmp_path_factory):
 
 
 def _external_references(page: str) -> list:
-  """Every src/href that would reach outside the page (anything but data: URIs and in-page anchors)."""
-  return [u for u in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page) if not u.startswith(("data:", "#"))]
+  """Every src/href that would reach outside the page: anything but data: URIs, in-page anchors and links to the
+  CSV tables beside the report (a link is followed only when clicked, and stays in the workdir)."""
+  return [u for u in re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+          if not u.startswith(("data:", "#")) and not (u.endswith(".csv") and ":" not in u and ".." not in u)]
+
+
+def _table_links(page: str) -> list:
+  return [u for u in re.findall(r'href\s*=\s*"([^"]*)"', page) if u.endswith(".csv")]
 
 
 def test_without_overlays_the_report_shows_the_static_figure(runs, tmp_path):
@@ -68,9 +75,11 @@ def test_report_is_complete_and_self_contained(runs):
   page = open(sweep.write_report(sweep_dir, summary, classifier_dir=clf_dir)).read()
   assert _external_references(page) == []
   assert "Content-Security-Policy" in page  # the browser itself refuses any network request
-  for text in (summary["verdict"], sweep_results.WHAT_THE_MASK_IS, "Figure 10", "Figure 9",
-               "The learned hypothesis", "Stress-time classifier", "receptive field 10 pixels"):
+  for text in (html.escape(summary["verdict"]), html.escape(sweep_results.WHAT_THE_MASK_IS), "Figure 10", "Figure 9",
+               "The learned hypothesis", "Stress-time classifier", "receptive field 10 pixels", "Training curves",
+               'alt="Loss curves"', "Tables for spreadsheets"):
     assert text in page, text
+  assert sorted(_table_links(page)) == ["tables/learned_g.csv", "tables/mean_masks.csv", "tables/ranking.csv"]
   for h in summary["hypotheses"]:
     assert f"<td>{h['name']}" in page.replace(" <em>(closest to the true f)</em>", "")
   with np.load(os.path.join(sweep_dir, report.OVERLAYS_FILE)) as f:
@@ -78,7 +87,10 @@ def test_report_is_complete_and_self_contained(runs):
     np.testing.assert_array_equal(f["mask"][0], np.rint(masks[0] * 255).astype(np.uint8))
     assert list(f["path"]) == [dataset.paths[i] for i in chosen]
   data = json.loads(re.search(r'id="mask-data">(.*?)</script>', page, re.S)[1])
-  assert list(data) == summary["ranking"] and all(len(v) == len(chosen) for v in data.values())
+  # The menu offers the ranked hypotheses first, then the controls (and any diverged member), each with its masks.
+  assert list(data) == summary["ranking"] + [h["name"] for h in summary["hypotheses"]
+                                             if h["name"] not in summary["ranking"]]
+  assert all(len(v) == len(chosen) for v in data.values())
   assert page.count('alt="CAM of image') == len(chosen)
 
 
@@ -91,6 +103,9 @@ def test_report_renders_in_chromium_and_the_slider_works(runs, tmp_path):
   with Browser(width=1200, height=3000) as browser:
     browser.open(f"file://{path}")
     assert browser.eval("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    assert browser.eval("document.querySelector('img[alt=\"Loss curves\"]').naturalWidth") > 300
+    links = browser.eval("[...document.querySelectorAll('a')].map(a => a.href)")
+    assert len(links) == 3 and all(os.path.exists(link[len("file://"):]) for link in links)
     assert browser.eval("document.querySelector('h1').textContent").startswith("Hypothesis sweep")
     opacity = "getComputedStyle(document.querySelector('img.mask')).opacity"
     assert float(browser.eval(opacity)) == pytest.approx(0.6)

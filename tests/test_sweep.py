@@ -1,4 +1,5 @@
 """The main job end to end on tiny synthetic data: outputs, resume, evaluation from checkpoints, bad configs."""
+import csv
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import sweep as sweep_configs
+from copper_jax.store import logs
 from copper_jax.sweep import run as sweep
 from copper_jax.errors import CheckpointError, ConfigError
 
@@ -32,8 +34,11 @@ def test_outputs_of_a_finished_sweep(finished):
     assert os.path.exists(os.path.join(work_dir, name)), name
   saved = json.load(open(os.path.join(work_dir, "sweep.json")))
   names = [h["name"] for h in saved["hypotheses"]]
-  assert names == ["linear", "power(gamma=0.5)", "learned"]
-  assert sorted(saved["ranking"]) == sorted(names)
+  # The permuted-target controls follow the hypotheses; they are scored, never ranked.
+  assert names == ["linear", "power(gamma=0.5)", "learned", "permuted(1)", "permuted(2)"]
+  assert sorted(saved["ranking"]) == sorted(names[:3])
+  assert saved["control"]["ran"] and saved["control"]["state"] in ("passed", "inconclusive", "fired")
+  assert saved["evidence"]["text"] == "1 seed, 4 held-out (val) images of 4 stress times"
   for h in saved["hypotheses"]:
     lo, hi = h["loss"]["val"]["ci95"]
     assert lo <= h["loss"]["val"]["mean"] <= hi
@@ -45,6 +50,26 @@ def test_outputs_of_a_finished_sweep(finished):
   assert np.all(np.diff(learned) >= 0) and abs(learned[0]) < 1e-6 and abs(learned[-1] - 1) < 1e-6
   steps = [json.loads(line)["step"] for line in open(os.path.join(work_dir, "metrics.jsonl"))]
   assert steps == [2, 4, 6]
+  assert saved["figures"]["loss_curves"] == "figures/loss_curves.png"
+  # The CSV tables say what sweep.json says, for a spreadsheet.
+  assert saved["tables"] == {"ranking": "tables/ranking.csv", "mean_masks": "tables/mean_masks.csv",
+                             "learned_g": "tables/learned_g.csv"}
+  read = lambda name: list(csv.DictReader(open(os.path.join(work_dir, "tables", name), newline="")))
+  ranking = read("ranking.csv")
+  assert [r["hypothesis"] for r in ranking if r["rank"]] == saved["ranking"]
+  assert [r["hypothesis"] for r in ranking] == saved["ranking"] + [
+      h["name"] for h in saved["hypotheses"] if h["name"] not in saved["ranking"]]
+  for row in ranking:
+    h = next(h for h in saved["hypotheses"] if h["name"] == row["hypothesis"])
+    assert float(row["val_error"]) == h["loss"]["val"]["mean"]
+    assert [float(row["val_error_ci95_low"]), float(row["val_error_ci95_high"])] == h["loss"]["val"]["ci95"]
+    assert row["role"] == ("control" if h.get("control") else "learned" if h["learned"] else "hypothesis")
+  assert {r["role"] for r in ranking} == {"hypothesis", "learned", "control"}
+  masks = read("mean_masks.csv")
+  assert len(masks) == len(saved["hypotheses"]) * 3 * len(saved["labels"]["stress_times"])
+  first = saved["hypotheses"][0]
+  assert float(masks[0]["mean_mask_on_g_scale"]) == first["mean_mask"][masks[0]["split"]][0]
+  assert [float(r["learned_g"]) for r in read("learned_g.csv")] == learned
 
 
 def test_evaluate_reproduces_the_training_run_exactly(finished):
@@ -69,7 +94,9 @@ def test_extending_a_finished_sweep_equals_running_it_long_at_once(tmp_path):
   original = json.load(open(os.path.join(work_dir, "sweep.json")))
   for a, b in zip(original["hypotheses"], resumed["hypotheses"]):
     assert a["loss"] == b["loss"] and a["targets"] == b["targets"]
-  by_step = lambda path: {json.loads(l)["step"]: l for l in open(path)}
+  # Each line without its timing keys, which no two runs share.
+  by_step = lambda path: {r["step"]: {k: v for k, v in r.items() if k not in logs.TIMING_KEYS}
+                          for r in map(json.loads, open(path))}
   straight, extended = by_step(os.path.join(work_dir, "metrics.jsonl")), by_step(tmp_path / "resumed" / "metrics.jsonl")
   assert all(extended[step] == line for step, line in straight.items())   # plus step 3, the first run's end
 
@@ -121,6 +148,7 @@ def test_golden_one_step_through_the_sweeps_own_train_step():
   config = sweep_configs.get_config("smoke")
   config.hypotheses = ("linear", "power(gamma=2)", "learned")
   config.num_seeds = 2
+  config.control.permutations = 0  # the controls' members are the same step on other targets
   config.model.update({"c": 4, "d": 2, "n": 1, "N": 1})
   config.train.patch_size = 16
   data = types.SimpleNamespace(num_classes=4, tau=np.linspace(0, 1, 4), stress_times=np.arange(4.0))

@@ -125,3 +125,13 @@ def test_load_config_errors_name_the_workdir(tmp_path):
   (tmp_path / "config.json").write_text("{\"model\": ")
   with pytest.raises(UserError, match="config.json is not valid JSON"):
     workdir.load_config(str(tmp_path))
+
+
+def test_without_posix_file_locks_the_lock_says_so_in_one_line(tmp_path, monkeypatch):
+  import sys
+  from copper_jax.errors import UserError
+  from copper_jax.store.workdir import WorkdirLock
+  monkeypatch.setitem(sys.modules, "fcntl", None)  # what importing it gives on Windows: ImportError
+  with pytest.raises(UserError, match="needs POSIX file locks.*WSL2"):
+    with WorkdirLock(str(tmp_path)):
+      pass

@@ -15,7 +15,7 @@ import os
 import jax
 import ml_collections
 
-from copper_jax import config_utils
+from copper_jax import config_rules
 from copper_jax.classifier import program as classifier_program
 from copper_jax.classifier import run as classifier_run
 from copper_jax.data.prepare import prepare_data
@@ -109,8 +109,8 @@ def _check_shared(config, work_dir: str) -> None:
 def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
   """Measures, trains and ranks every grid point; returns the content of grid.json."""
   points = grid_points(config.grid)
-  config_utils.validate(config, [("grid.budget_mb", lambda v: v > 0, "must be a positive number of MiB")])
-  work_dir = os.path.abspath(work_dir)
+  config_rules.check(config, config_rules.GRID)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   data_root = os.path.join(work_dir, "data")
   for point in points:
     classifier_program.validate_config(point_config(config, point, data_root))
@@ -168,6 +168,24 @@ def _summary(config, rows, points) -> dict:
   return {"budget_mb": config.grid.budget_mb, "backend": jax.default_backend(),
           "num_points": len(points), "points": trained + [r for r in rows if r["status"] != "trained"],
           "best": trained[0]["name"] if trained else None, "finished": len(rows) == len(points)}
+
+
+def best_architecture(grid_dir: str) -> dict:
+  """{"c", "d", "n", "N"} of the best trained point of the finished search in `grid_dir` (its grid.json)."""
+  path = os.path.join(os.path.abspath(grid_dir), "grid.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: no grid.json there; run launch/grid_search.py "
+                      f"--config=configs/grid_search.py:paper --workdir={grid_dir} first, or set it to '' and choose "
+                      "config.model.c/d/n/N yourself")
+  grid = workdir.read_json(path, fix="rerun the grid search to rewrite it")
+  if not grid.get("finished"):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: the grid search there is unfinished "
+                      f"({len(grid.get('points', []))} of {grid.get('num_points')} points); rerun it to finish")
+  if not grid.get("best"):
+    raise ConfigError(f"config.model_from_grid={grid_dir!r}: no point of that grid search was trained (see its "
+                      "grid.md); raise grid.budget_mb and rerun it")
+  best = next(r for r in grid["points"] if r["name"] == grid["best"])
+  return {axis: int(best[axis]) for axis in AXES}
 
 
 def headline(grid: dict) -> str:

@@ -8,7 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from copper_jax import config_utils, optim
+from copper_jax import config_rules, config_utils, optim
 from copper_jax.classifier import steps
 from copper_jax.errors import UserError
 from copper_jax.models import analysis, make_model
@@ -32,23 +32,10 @@ def best_score(val_accuracy: float, val_loss: float) -> float:
   return val_accuracy - _LOSS_TIE_BREAK * min(val_loss, 1e3)
 
 
-def validate_config(config) -> None:
-  """Fails before any data is read or anything compiles, naming the key."""
-  whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
-  config_utils.validate(config, [(f"model.{k}", whole, "must be a whole number >= 1") for k in ("c", "d", "n", "N")])
-  config_utils.validate(config, [
-      ("train.batch_size", lambda v: v >= 1, "needs at least one patch per batch"),
-      ("train.patch_size", lambda v: v >= 2 ** config.model.d,
-       f"must be at least 2**model.d = {2 ** config.model.d} pixels"),
-      ("train.log_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("train.eval_every_epochs", lambda v: isinstance(v, int) and v >= 1, "must be a whole number of epochs >= 1"),
-      ("optim.learning_rate", lambda v: v > 0, "must be > 0"),
-      ("optim.schedule", lambda v: v in optim.SCHEDULES, f"use one of {', '.join(optim.SCHEDULES)}"),
-      ("eval.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("eval.checkpoint", lambda v: v in ("best", "latest"), "use best or latest"),
-      ("eval.num_cam", lambda v: isinstance(v, int) and v >= 0, "must be a whole number >= 0"),
-      ("eval.split", lambda v: v in config.data.split, f"use one of the splits {', '.join(config.data.split)}"),
-  ])
+def validate_config(config, where: str = "", table=None) -> None:
+  """Fails before any data is read or anything compiles, naming the key (rules: `config_rules.CLASSIFIER`, or
+  `table`); `where` names a saved config in messages."""
+  config_rules.check(config, config_rules.CLASSIFIER if table is None else table, where)
   config_utils.total_steps(config.train, 1)
 
 

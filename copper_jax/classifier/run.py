@@ -88,8 +88,9 @@ class _TrainLog:
 def train(config, work_dir: str, dataset, split, program: ClassifierProgram, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier; returns the content of `workdir/training.json`."""
   train_idx, val_idx = split["train"], split.get("val", np.zeros(0, np.int64))
-  total = config_utils.total_steps(config.train, len(train_idx))
-  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size)
+  per_image = sampler.patches_per_image(dataset.image_shape, config.train.patch_size)
+  total = config_utils.total_steps(config.train, len(train_idx), patches_per_image=per_image)
+  per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size, per_image)
   eval_every = per_epoch * config.train.eval_every_epochs
   meta = run_meta(config, dataset)
   ckpt = checkpointer(work_dir, len(val_idx) > 0)
@@ -168,9 +169,9 @@ def evaluate_state(config, work_dir, dataset, split, program, state, checkpoint_
                    num_cam: int = 0, quiet: bool = False) -> dict:
   """Every split's metrics, results.json, the two figures of `figure_split`, and `num_cam` CAM overlays."""
   from copper_jax.viz import plots  # matplotlib only when drawing
-  if figure_split not in split:
-    raise ConfigError(f"split {figure_split!r} does not exist in {work_dir}/splits.json; use one of "
-                      f"{', '.join(split)}")
+  if figure_split not in split or not len(split[figure_split]):
+    raise ConfigError(f"split {figure_split!r} has no images in {work_dir}/splits.json; use one of "
+                      f"{', '.join(name for name in split if len(split[name]))}")
   c, d, n, N = (config.model[k] for k in ("c", "d", "n", "N"))
   results = {
       "checkpoint": checkpoint_info,
@@ -178,11 +179,16 @@ def evaluate_state(config, work_dir, dataset, split, program, state, checkpoint_
       "model": {**analysis.describe("classifier", c, d, n, N, dataset.num_classes), "c": c, "d": d, "n": n, "N": N,
                 "norm": config.model.norm, "dtype": config.model.dtype},
       "splits": {},
+      # Per image, so an expert's blind-test answers can be paired with the model's on the same images.
+      "predictions": {},
   }
   for name, idx in split.items():
     pred = predict_split(program, state, dataset, idx, config.eval.batch_size)
     results["splits"][name] = {**metrics.summary(pred["label"], pred["logits"].argmax(-1), dataset.num_classes),
                                "loss": pred["loss"]}
+    results["predictions"][name] = [
+        {"path": dataset.paths[i], "true_label": int(true), "predicted_label": int(predicted)}
+        for i, true, predicted in zip(pred["index"], pred["label"], pred["logits"].argmax(-1))]
   training_path = os.path.join(work_dir, TRAINING_FILE)
   results["training"] = workdir.read_json(training_path)
   shown = results["splits"][figure_split]
@@ -245,13 +251,16 @@ def write_cams(program, state, dataset, indices, out_dir: str, batch_size: int) 
 def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains (or resumes) the classifier in `work_dir`, then writes results.json and the figures; returns results."""
   validate_config(config)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
-  work_dir = os.path.abspath(work_dir)
-  os.makedirs(work_dir, exist_ok=True)
-  with workdir.WorkdirLock(work_dir):
-    workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
+  with workdir.locked_start(work_dir) as start:
+    # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
+    workdir.check_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)
-    total = config_utils.total_steps(config.train, len(split["train"]))
+    workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
+    start.commit()
+    total = config_utils.total_steps(config.train, len(split["train"]), patches_per_image=sampler.patches_per_image(
+        dataset.image_shape, config.train.patch_size))
     program = ClassifierProgram(config, dataset.num_classes, total)
     train(config, work_dir, dataset, split, program, quiet)
     state, info = restore_for_eval(config, work_dir, dataset, len(split.get("val", ())) > 0, program,
@@ -264,8 +273,8 @@ def evaluate_classifier(config, work_dir: str, split: str | None = None, quiet: 
                         which: str | None = None) -> dict:
   """Restores the classifier of `work_dir` and rewrites results.json, the figures (of `split`, default
   config.eval.split) and `num_cam` CAM overlays; checkpoints are only read."""
-  validate_config(config)
   work_dir = os.path.abspath(work_dir)
+  validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
   with workdir.WorkdirLock(work_dir):
     dataset, split_of = prepare_data(config, work_dir)
     program = ClassifierProgram(config, dataset.num_classes, None)

@@ -1,10 +1,17 @@
 """Load a folder of SEM images, one sub-folder per stress time, into memory.
 
 Layouts accepted by `load_folder(root)`:
-  real:      root/<t>/<any name>.<tif|tiff|png|jpg|jpeg|bmp>
+  real:      root/<t>/<any name>.<tif|tiff|png|jpg|jpeg|bmp>, or root/<t>/<specimen>/<any name>.<ext> where each
+             sub-folder of a stress-time folder holds the fields of view of one specimen (deeper folders belong to
+             their top specimen folder; files directly under root/<t> form one specimen named "<t>")
   synthetic: root/images/<t>/<name>.png, root/masks/<t>/<name>.png, root/manifest.json
              (`root` may also be the `images` folder itself; masks and manifest are then its siblings)
 `<t>` is the numeric stress time (`0`, `1`, `2.5`, `10`); folders sort numerically and the class index is the rank.
+
+Each image's SEM metadata (pixel size, magnification, detector, voltage) is read where its file carries it
+(`sem_metadata`); images of different pixel sizes are refused unless `mixed_pixel_sizes="allow"`, because the
+model's receptive field and the surface's texture scale are both counted in pixels. An info bar left in the images
+(seen in the metadata or in the pixels) is warned about, since its text may name the sample.
 """
 import dataclasses
 import json
@@ -18,6 +25,7 @@ import warnings
 import imageio.v3 as iio
 import numpy as np
 
+from copper_jax.data import sem_metadata
 from copper_jax.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -26,6 +34,7 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 # Floor on the std used to standardise, in image units, so a constant image maps to zeros instead of NaN.
 STD_EPS = 1e-6
 STANDARDISE_MODES = ("image", "dataset")
+MIXED_PIXEL_SIZE_MODES = ("refuse", "allow")
 # Largest image accepted, in pixels (H x W), checked from the file header before anything is decoded, so a corrupt
 # or hostile header cannot make the loader allocate gigabytes. 2**27 (e.g. 11585 x 11585) is far above any SEM
 # frame and below Pillow's own refusal at about 1.8e8 pixels, which would otherwise answer first.
@@ -56,6 +65,12 @@ class SEMDataset:
   std: np.ndarray  # (N,) float64
   manifest: dict | None
   skipped: list[str]  # "path: reason"
+  # One per image: "<label folder>/<specimen folder>", or "<label folder>" for files directly under it. Fields of
+  # view of one specimen share its etch and SEM session, so splits keep them together and statistics resample them.
+  specimens: list[str]
+  metadata: list[dict]  # one per image: `sem_metadata.SEMMetadata.to_json()`, None where the file does not say
+  intensity_mean: np.ndarray  # (N,) float64 each image's own mean and std in pixel units, whatever `standardise`
+  intensity_std: np.ndarray   # is: what new images are compared with to flag ones unlike the training set
 
   @property
   def num_classes(self) -> int:
@@ -69,6 +84,12 @@ class SEMDataset:
   def image_shape(self) -> tuple:
     """(H, W) in pixels, after `crop_bottom`."""
     return tuple(self.images[0].shape)
+
+  @property
+  def pixel_size_nm(self) -> float | None:
+    """The images' pixel size in nanometres (median over the images whose metadata give it), or None."""
+    known = [m["pixel_size_nm"] for m in self.metadata if m.get("pixel_size_nm")]
+    return float(np.median(known)) if known else None
 
   def standardised(self, i: int) -> np.ndarray:
     """(H, W) float32 image `i` as (x - mean) / max(std, eps)."""
@@ -91,7 +112,8 @@ def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarra
 
 
 def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
-                standardise: str = "image", max_pixels: int = MAX_PIXELS) -> SEMDataset:
+                standardise: str = "image", max_pixels: int = MAX_PIXELS,
+                mixed_pixel_sizes: str = "refuse") -> SEMDataset:
   """Loads every image under `root` (see module docstring for layouts).
 
   crop_bottom: rows (pixels) cut from the bottom of every image and mask, e.g. the SEM info bar.
@@ -99,16 +121,22 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
     instead of raising DataError.
   standardise: "image" (each image's own mean/std) or "dataset" (the pooled mean/std of all images).
   max_pixels: largest H x W accepted, read from each file's header before decoding; a larger image is unreadable.
+  mixed_pixel_sizes: "refuse" (DataError when the metadata give different pixel sizes) or "allow" (a warning).
   """
   if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, np.integer)) or crop_bottom < 0:
     raise ConfigError(f"crop_bottom={crop_bottom!r}: must be a whole number of pixels >= 0")
   _check_max_pixels(max_pixels)
   if standardise not in STANDARDISE_MODES:
     raise ConfigError(f"standardise={standardise!r}: must be one of {', '.join(STANDARDISE_MODES)}")
+  if mixed_pixel_sizes not in MIXED_PIXEL_SIZE_MODES:
+    raise ConfigError(f"mixed_pixel_sizes={mixed_pixel_sizes!r}: must be one of {', '.join(MIXED_PIXEL_SIZE_MODES)}")
   images_dir, masks_dir, manifest_path = _resolve_layout(os.fsdecode(os.fspath(root)))
   label_names, stress_times = _label_folders(images_dir)
+  manifest = _read_manifest(manifest_path)
+  _check_labels(images_dir, label_names, manifest, manifest_path)
+  _check_files_reached_once(images_dir, {name: _image_files(images_dir, name) for name in label_names})
   skipped = []
-  images, paths, labels, masks = [], [], [], []
+  images, paths, labels, masks, metadata, bars = [], [], [], [], [], []
   first = None  # (path, raw shape) of the first image, to name both files when sizes differ
   for label, name in enumerate(label_names):
     files = _image_files(images_dir, name)
@@ -134,6 +162,10 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
       if crop_bottom >= image.shape[0]:
         raise ConfigError(f"crop_bottom={crop_bottom} removes all {image.shape[0]} rows of {_show(path)}: "
                           f"set crop_bottom to the info-bar height, below the image height")
+      meta = sem_metadata.read_sem_metadata(path, image.shape[0])
+      metadata.append(meta.to_json())
+      bars.append(meta.info_bar_rows if meta.info_bar_rows is not None
+                  else sem_metadata.detect_info_bar_rows(image))
       images.append(_crop(image, crop_bottom))
       if mask is not None:
         masks.append(_crop(mask, crop_bottom))
@@ -145,11 +177,55 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
                       f"and skipped; replace them or remove the folder")
   if skipped:
     warnings.warn(f"skipped {len(skipped)} unreadable file(s): " + " | ".join(skipped), stacklevel=2)
+  _check_pixels(images_dir, images, paths)
+  _check_pixel_sizes(images_dir, paths, metadata, mixed_pixel_sizes)
+  _check_info_bar(paths, bars, crop_bottom)
+  intensity_mean, intensity_std = _statistics(images, "image")
   mean, std = _statistics(images, standardise)
   return SEMDataset(
       root=images_dir, stress_times=stress_times, label_names=label_names, images=images, paths=paths,
       labels=np.asarray(labels, np.int32), masks=masks if masks_dir is not None else None, mean=mean, std=std,
-      manifest=_read_manifest(manifest_path), skipped=skipped)
+      manifest=manifest, skipped=skipped, specimens=[specimen_of(p) for p in paths],
+      metadata=metadata, intensity_mean=intensity_mean, intensity_std=intensity_std)
+
+
+def specimen_of(rel_path: str) -> str:
+  """The specimen of an image path relative to the images folder: "<t>/<specimen>" for "<t>/<specimen>/.../x.tif",
+  "<t>" for "<t>/x.tif"."""
+  parts = rel_path.split("/")
+  return "/".join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def _check_pixel_sizes(images_dir: str, paths: list, metadata: list, mode: str) -> None:
+  """DataError (or a warning with mode "allow") when the images' metadata give different pixel sizes."""
+  known = [(p, m["pixel_size_nm"]) for p, m in zip(paths, metadata) if m.get("pixel_size_nm")]
+  if not known:
+    return
+  small, large = min(known, key=lambda pm: pm[1]), max(known, key=lambda pm: pm[1])
+  if not sem_metadata.same_pixel_size(small[1], large[1]):
+    message = (f"{_show(os.path.join(images_dir, small[0]))} has pixels of {small[1]:.4g} nm but "
+               f"{_show(os.path.join(images_dir, large[0]))} of {large[1]:.4g} nm: the model's receptive field and the "
+               f"surface texture are in pixels, so mixed magnifications mix scales; keep one pixel size per dataset, "
+               f"or set data.mixed_pixel_sizes=allow to train on them anyway")
+    if mode == "refuse":
+      raise DataError(message)
+    warnings.warn(message, stacklevel=3)
+  elif len(known) < len(paths):
+    warnings.warn(f"{len(paths) - len(known)} of {len(paths)} images carry no pixel size in their metadata, the "
+                  f"others {small[1]:.4g} nm: check that they were taken at the same magnification", stacklevel=3)
+
+
+def _check_info_bar(paths: list, bars: list, crop_bottom: int) -> None:
+  """Warns when the images seem to keep an info bar (crop_bottom too small) or lose surface (far too large)."""
+  left_in = [(p, b) for p, b in zip(paths, bars) if b > crop_bottom]
+  if left_in:
+    height = int(np.median([b for _, b in left_in]))
+    warnings.warn(f"{len(left_in)} of {len(paths)} images (e.g. {left_in[0][0]}) seem to end in an info bar of about "
+                  f"{height} rows, but data.crop_bottom={crop_bottom}: the bar's text (which may name the sample) "
+                  f"would be trained on; set data.crop_bottom={height} if it is a bar", stacklevel=3)
+  elif crop_bottom and bars and max(bars) > 0 and crop_bottom > 2 * max(bars):
+    warnings.warn(f"data.crop_bottom={crop_bottom} cuts more than twice the largest info bar found ({max(bars)} "
+                  f"rows): surface is being thrown away; check the setting", stacklevel=3)
 
 
 def read_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -202,7 +278,8 @@ def _resolve_layout(root: str):
 def _label_folders(images_dir: str):
   """Label folder names and their (T,) float64 stress times, sorted numerically."""
   try:
-    entries = sorted(e for e in os.listdir(images_dir) if not e.startswith("."))
+    # A name like ".5" is a stress time, not a hidden folder.
+    entries = sorted(e for e in os.listdir(images_dir) if not e.startswith(".") or _NUMBER.match(e))
   except OSError as e:
     raise DataError(f"{_show(images_dir)}: cannot list folder ({_first_line(e)}); check its permissions") from None
   names = [e for e in entries if os.path.isdir(os.path.join(images_dir, e))]
@@ -223,6 +300,53 @@ def _label_folders(images_dir: str):
     times[t] = name
   order = sorted(times)
   return [times[t] for t in order], np.asarray(order, np.float64)
+
+
+def _check_labels(images_dir: str, label_names: list, manifest: dict | None, manifest_path) -> None:
+  """At least two stress times (tau and every ranking need a span), and, in a generated set, the folders its
+  manifest lists (a deleted folder would misalign the manifest's per-label truth)."""
+  if len(label_names) < 2:
+    raise DataError(f"{_show(images_dir)} has one stress-time folder ({_show(label_names[0])}): training needs at "
+                    f"least two, one sub-folder per stress time (e.g. 0/, 2.5/, 10/)")
+  listed = manifest.get("labels") if manifest else None
+  if isinstance(listed, list) and all(isinstance(e, dict) and "folder" in e for e in listed):
+    expected = [str(e["folder"]) for e in listed]
+    if sorted(expected) != sorted(label_names):
+      missing = sorted(set(expected) - set(label_names))
+      extra = sorted(set(label_names) - set(expected))
+      raise DataError(f"{_show(images_dir)}: folders {'missing ' + str(missing) if missing else ''}"
+                      f"{' and ' if missing and extra else ''}{'not listed ' + str(extra) if extra else ''} against "
+                      f"{_show(manifest_path)}; restore them, or delete the generated set to make it again")
+
+
+def _check_files_reached_once(images_dir: str, files_by_label: dict) -> None:
+  """DataError when one file is reached through two paths (a linked folder or file), which would put it under two
+  labels or on both sides of the train/test split."""
+  seen = {}
+  for name, files in files_by_label.items():
+    for rel in files:
+      real = os.path.realpath(os.path.join(images_dir, rel))
+      if real in seen:
+        raise DataError(f"{_show(os.path.join(images_dir, rel))} and {_show(os.path.join(images_dir, seen[real]))} "
+                        f"are the same file (through a link): keep each image once, in its own stress-time folder")
+      seen[real] = rel
+
+
+def _check_pixels(images_dir: str, images: list, paths: list) -> None:
+  """One pixel type for the whole set (one mean and std cannot standardise 8- and 16-bit images together), and some
+  variation (a constant set has nothing to learn, and its standardisation divides by zero)."""
+  first = {}
+  for image, rel in zip(images, paths):
+    first.setdefault(image.dtype, rel)
+  if len(first) > 1:
+    (a, rel_a), (b, rel_b) = list(first.items())[:2]
+    raise DataError(f"{_show(os.path.join(images_dir, rel_b))} has {b} pixels but "
+                    f"{_show(os.path.join(images_dir, rel_a))} has {a}: convert the dataset to one pixel type")
+  lo = min(float(image.min()) for image in images)
+  hi = max(float(image.max()) for image in images)
+  if hi - lo <= 0:
+    raise DataError(f"{_show(images_dir)}: every pixel of every image is {lo:g}: the images carry nothing to learn; "
+                    f"check the export (a blank or all-black set)")
 
 
 def _image_files(images_dir: str, label_name: str) -> list:

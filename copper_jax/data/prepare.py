@@ -1,12 +1,13 @@
 """The `data` section every job's config shares, and turning it into a dataset and its saved split."""
 import dataclasses
+import hashlib
 import json
 import os
 
 import ml_collections
 import numpy as np
 
-from copper_jax import processes
+from copper_jax import config_utils, processes
 from copper_jax.store import workdir
 from copper_jax.data import folder, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
@@ -25,6 +26,8 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.crop_bottom = 0          # pixels of SEM info bar to remove
   data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
   data.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
+  # "refuse": stop when the images' metadata give different pixel sizes (magnifications); "allow": warn only.
+  data.mixed_pixel_sizes = "refuse"
   # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
   # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by
   # a function of f(t), a global cue a local model could read (docs/science.md, "Why the ranking can work").
@@ -38,6 +41,11 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.synthetic.num_labels = 0         # 0: the preset's value
   data.synthetic.images_per_label = 0   # 0: the preset's value
   data.synthetic.size = 0               # image height and width in pixels; 0: the preset's value
+  # Bends of the method's assumption (docs/science.md): each field of view's fraction scattered around f(t), and a
+  # brightness (relative) and defocus (pixels of blur) drift growing with t on top of the real area change.
+  data.synthetic.fraction_jitter = 0.0
+  data.synthetic.drift_brightness = 0.0
+  data.synthetic.drift_blur = 0.0
   return data
 
 
@@ -57,13 +65,14 @@ def check_patch_fits(config) -> None:
 def _synthetic_overrides(syn) -> dict:
   """The synthetic set's size settings that differ from its preset."""
   overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
+  overrides.update({k: syn[k] for k in ("fraction_jitter", "drift_brightness", "drift_blur") if k in syn})
   if syn.size > 0:
     overrides.update(height=syn.size, width=syn.size)
   return overrides
 
 
-def prepare_data(config, work_dir: str):
-  """The dataset (the user's folder, or the synthetic set generated into the workdir) and its saved split."""
+def load_dataset(config, work_dir: str):
+  """The dataset of the config: the user's folder, or the synthetic set generated into the workdir."""
   root = config.data.root
   if not root:
     root = os.path.join(work_dir, "data")
@@ -77,12 +86,81 @@ def prepare_data(config, work_dir: str):
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
                                # workdirs saved before the key existed hold no limit of their own
-                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS))
+                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS),
+                               mixed_pixel_sizes=config.data.get("mixed_pixel_sizes", "refuse"))
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
+  return dataset
+
+
+def prepare_data(config, work_dir: str):
+  """The dataset and its saved split, for evaluating a trained workdir: DataError when the data are not the ones
+  it was trained on (see `data_identity`)."""
+  dataset = load_dataset(config, work_dir)
+  check_same_data(config, work_dir, dataset)
   split = splits.load_or_make_splits(work_dir, dataset, config.data.split.to_dict(), config.seed)
   return dataset, split
+
+
+def data_identity(config, work_dir: str, dataset) -> dict:
+  """What makes two datasets the same to a trained model: where they are, which files with which sizes, their
+  pixel type and image size, how they are cropped and standardised, and their pixel statistics (the mean and
+  std pick up other images saved under the same names and sizes)."""
+  root = os.path.realpath(dataset.root)
+  inside = os.path.realpath(work_dir)
+  shown_root = ("<workdir>/" + os.path.relpath(root, inside) if root.startswith(inside + os.sep) else root)
+  listing = hashlib.sha256()
+  for rel in dataset.paths:
+    listing.update(f"{rel}\t{os.path.getsize(os.path.join(dataset.root, rel))}\n".encode("utf-8", "surrogateescape"))
+  return {"root": shown_root, "num_files": len(dataset.paths), "files_sha256": listing.hexdigest(),
+          "dtype": np.dtype(dataset.images[0].dtype).name, "image_shape": list(dataset.image_shape),
+          "standardise": config.data.standardise, "crop_bottom": int(config.data.crop_bottom),
+          "pixel_mean": float(np.mean(dataset.mean)), "pixel_std": float(np.mean(dataset.std))}
+
+
+_IDENTITY_WORDS = {"root": "root", "num_files": "number of files", "files_sha256": "file names or sizes",
+                   "dtype": "pixel type", "image_shape": "image size", "standardise": "data.standardise",
+                   "crop_bottom": "data.crop_bottom", "pixel_mean": "pixel mean", "pixel_std": "pixel std"}
+
+
+def check_same_data(config, work_dir: str, dataset) -> None:
+  """DataError when W/data_summary.json records other training data than `dataset` (nothing to compare in a
+  workdir trained before the record existed)."""
+  saved = workdir.read_json(os.path.join(work_dir, SUMMARY_FILE), {}, fix="delete it to reload the data")
+  saved = saved.get("identity") if isinstance(saved, dict) else None
+  if not isinstance(saved, dict):
+    return
+  now = data_identity(config, work_dir, dataset)
+  differ = [k for k in now if k in saved and json.dumps(saved[k]) != json.dumps(now[k])]
+  if differ:
+    detail = ", ".join(f"{_IDENTITY_WORDS[k]} {_short(saved[k])} -> {_short(now[k])}" for k in differ)
+    raise DataError(f"{work_dir} was trained on other data than {dataset.root} ({detail}): point data.root at its "
+                    f"training data with the same data settings, or use a fresh --workdir")
+
+
+def _short(value) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 24 else text[:21] + "..."
+
+
+def saved_steps(work_dir: str) -> list:
+  """Finished checkpoint steps in W/checkpoints, read from the folder names alone (nothing is opened)."""
+  folder_ = os.path.join(work_dir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(folder_) if n.isdigit()) if os.path.isdir(folder_) else []
+
+
+def check_duration(config, work_dir: str, split) -> None:
+  """A run resuming from W's checkpoints must last at least as long as they have trained."""
+  steps = saved_steps(work_dir)
+  if not steps:
+    return
+  total = config_utils.total_steps(config.train, len(split["train"]))
+  if steps[-1] > total:
+    key = "num_steps" if config.train.num_steps else "num_epochs"
+    raise ConfigError(f"config.train.{key}={config.train[key]} gives {total} steps but {work_dir} holds a "
+                      f"checkpoint of step {steps[-1]}: ask for at least {steps[-1]} steps, or evaluate it with "
+                      f"launch/evaluate.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +178,9 @@ class DataSummary:
   mean: float               # the dataset standardisation, in pixel units (unused when config.data.standardise is
   std: float                # "image")
   split_sizes: dict         # images per split
+  # What new images are checked against (None in summaries written before these were recorded):
+  pixel_size_nm: float | None = None   # median pixel size of the training images, from their metadata
+  intensity_range: dict | None = None  # {"mean": [lo, hi], "std": [lo, hi]}: the training images' own mean and std
 
   @property
   def num_classes(self) -> int:
@@ -114,22 +195,40 @@ class DataSummary:
     return cls(stress_times=np.asarray(dataset.stress_times, np.float64), label_names=list(dataset.label_names),
                image_shape=tuple(dataset.image_shape), dtype=np.dtype(dataset.images[0].dtype),
                mean=float(dataset.mean[0]), std=float(dataset.std[0]),
-               split_sizes={name: len(paths) for name, paths in split.items()})
+               split_sizes={name: len(paths) for name, paths in split.items()},
+               pixel_size_nm=dataset.pixel_size_nm,
+               intensity_range={"mean": [float(dataset.intensity_mean.min()), float(dataset.intensity_mean.max())],
+                                "std": [float(dataset.intensity_std.min()), float(dataset.intensity_std.max())]})
 
 
-def save_summary(work_dir: str, dataset, split: dict) -> None:
+def save_summary(config, work_dir: str, dataset, split: dict) -> None:
   """Writes W/data_summary.json for the data a training run is about to use (replaced atomically)."""
   summary = DataSummary.of(dataset, split)
   workdir.atomic_write_json(os.path.join(work_dir, SUMMARY_FILE), {
       "stress_times": summary.stress_times.tolist(), "label_names": summary.label_names,
       "image_shape": list(summary.image_shape), "dtype": summary.dtype.name, "mean": summary.mean,
-      "std": summary.std, "split_sizes": summary.split_sizes})
+      "std": summary.std, "split_sizes": summary.split_sizes, "pixel_size_nm": summary.pixel_size_nm,
+      "intensity_range": summary.intensity_range, "identity": data_identity(config, work_dir, dataset)})
 
 
 def prepare_training_data(config, work_dir: str):
-  """`prepare_data` for a training run, which also records what prediction will need of the data (`save_summary`)."""
-  dataset, split = prepare_data(config, work_dir)
-  save_summary(work_dir, dataset, split)
+  """The dataset and split of a training run, checked before the run writes anything of its own: on resume the
+  data must be the checkpoints' and the duration no shorter, and the split must fit the labels. Then splits.json and
+  data_summary.json (what prediction needs of the data) are written."""
+  dataset = load_dataset(config, work_dir)
+  if saved_steps(work_dir):
+    check_same_data(config, work_dir, dataset)
+  sizes = config.data.split.to_dict()
+  saved = os.path.exists(os.path.join(work_dir, splits.SPLITS_FILE))
+  if saved:
+    split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)  # only reads
+  else:
+    # Made in memory first, so a split that does not fit the labels is refused with nothing written.
+    split = splits.make_splits(dataset.labels, dataset.num_classes, sizes, config.seed, dataset.label_names)
+  check_duration(config, work_dir, split)
+  if not saved:
+    split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)
+  save_summary(config, work_dir, dataset, split)
   return dataset, split
 
 
@@ -144,7 +243,8 @@ def load_summary(config, work_dir: str) -> DataSummary:
       raw = json.load(f)
     return DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64), label_names=list(raw["label_names"]),
                        image_shape=tuple(raw["image_shape"]), dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]),
-                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()})
+                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+                       pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
                     f"instead") from None

@@ -10,20 +10,34 @@ from copper_jax.data.folder import STD_EPS
 from copper_jax.errors import ConfigError, DataError
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-  """Batches needed to visit `num_images` once: ceil(num_images / batch_size)."""
+def patches_per_image(image_shape, patch_size: int) -> int:
+  """Patches whose pixels add up to (at least) one image's area: ceil(H * W / patch_size**2)."""
+  _check_positive("patch_size", patch_size)
+  height, width = image_shape
+  return -(-int(height) * int(width) // int(patch_size) ** 2)
+
+
+def steps_per_epoch(num_images: int, batch_size: int, patches_per_image: int = 1) -> int:
+  """Batches in one epoch, ceil(num_images * patches_per_image / batch_size).
+
+  An epoch draws as many patch pixels as the training images hold (`patches_per_image` from `patches_per_image()`),
+  so it means what it does when whole images are the input: every image's area seen once, here in expectation,
+  since patch positions are random rather than a tiling.
+  """
   _check_positive("batch_size", batch_size)
-  return -(-int(num_images) // int(batch_size))
+  _check_positive("patches_per_image", patches_per_image)
+  return -(-int(num_images) * int(patches_per_image) // int(batch_size))
 
 
 class PatchSampler:
   """Batches of random square patches, a pure function of (seed, step).
 
-  Image choice: the images in `indices` are visited in a fresh permutation every epoch (permutation seeded with
-  (seed, 0, epoch)); step s takes positions [s*B, (s+1)*B) of that endless sequence, so each epoch sees every image
-  exactly once and a batch may straddle two epochs. Patch positions (and flips/rotations when enabled) are uniform,
-  drawn from a generator seeded with (seed, 1, step). A resumed run therefore sees exactly the batches it would
-  have seen. Flips and rot90 are off by default because SEM detectors shade directionally.
+  Image choice: the images in `indices` are visited in a fresh permutation every round (permutation seeded with
+  (seed, 0, round)); step s takes positions [s*B, (s+1)*B) of that endless sequence, so each round takes one patch
+  of every image and a batch may straddle two rounds. An epoch (`steps_per_epoch`) is `patches_per_image` rounds.
+  Patch positions (and flips/rotations when enabled) are uniform, drawn from a generator seeded with
+  (seed, 1, step). A resumed run therefore sees exactly the batches it would have seen. Flips and rot90 are off
+  by default because SEM detectors shade directionally.
   """
 
   def __init__(self, dataset, indices, patch_size: int, batch_size: int, seed: int, flips: bool = False,

@@ -12,7 +12,12 @@ SPLITS_FILE = "splits.json"
 _RESPLIT_FIX = "restore the dataset or delete it to re-split (this changes the test set)"
 
 
-def make_splits(labels, num_classes: int, sizes, seed: int, label_names=None) -> dict:
+# A label with at least this many specimens is split by specimen; with fewer, one specimen would have to fill a
+# whole split (or be cut), so its images are split one by one as before.
+MIN_SPECIMENS_TO_GROUP = 3
+
+
+def make_splits(labels, num_classes: int, sizes, seed: int, label_names=None, specimens=None) -> dict:
   """Disjoint, stratified, seeded splits: {name: sorted (n,) int64 image indices}.
 
   sizes: {"train": 40, "val": 5, "test": 5} images per label (all ints), or fractions of each label (all floats,
@@ -21,6 +26,10 @@ def make_splits(labels, num_classes: int, sizes, seed: int, label_names=None) ->
   Each label is shuffled by its own generator seeded with (seed, label), and the non-train splits are drawn
   first in name order, so changing the train size or adding a label leaves val and test unchanged.
   label_names: folder names, only used to name a label in errors.
+  specimens: one specimen name per image (`SEMDataset.specimens`), or None. In a label with at least
+    MIN_SPECIMENS_TO_GROUP specimens, each specimen's images stay in one split: whole specimens, shuffled, are
+    handed to each split until it holds at least its count of images (so a split may hold a few more), and a split
+    that asks for images gets at least one specimen.
   """
   sizes, fractions = _check_sizes(sizes)
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -38,12 +47,45 @@ def make_splits(labels, num_classes: int, sizes, seed: int, label_names=None) ->
       asked = ", ".join(f"{k} {counts[k]}" for k in order)
       raise DataError(f"label folder {name!r} has {len(members)} images but the splits ask for "
                       f"{sum(counts.values())} ({asked}): lower the split sizes or add images")
-    shuffled = np.random.default_rng([int(seed), label]).permutation(members)
+    rng = np.random.default_rng([int(seed), label])
+    if specimens is not None:
+      groups = _specimen_groups(members, specimens)
+      if len(groups) >= MIN_SPECIMENS_TO_GROUP:
+        name = label_names[label] if label_names is not None else label
+        shuffled_groups = [groups[i] for i in rng.permutation(len(groups))]
+        for k, taken in _split_groups(shuffled_groups, counts, order, name, fractions):
+          picked[k].append(taken)
+        continue
+    shuffled = rng.permutation(members)
     start = 0
     for k in order:
       picked[k].append(shuffled[start:start + counts[k]])
       start += counts[k]
   return {k: np.sort(np.concatenate(picked[k] or [np.zeros(0, np.int64)]).astype(np.int64)) for k in sizes}
+
+
+def _specimen_groups(members, specimens) -> list:
+  """The label's image indices grouped by specimen, in order of specimen name."""
+  groups = {}
+  for i in members:
+    groups.setdefault(specimens[i], []).append(i)
+  return [np.asarray(groups[name], np.int64) for name in sorted(groups)]
+
+
+def _split_groups(groups, counts: dict, order: list, label_name, fractions: bool):
+  """[(split, image indices)]: whole groups to each split in `order` until it holds at least its count. Fractions
+  are approximate anyway, so there a split only needs one group; counts must be met."""
+  start = 0
+  for k in order:
+    taken = []
+    while sum(len(g) for g in taken) < counts[k] and start < len(groups):
+      taken.append(groups[start])
+      start += 1
+    if counts[k] > 0 and (not taken if fractions else sum(len(g) for g in taken) < counts[k]):
+      raise DataError(f"label folder {label_name!r}: its {len(groups)} specimens run out before split {k!r} gets "
+                      f"{counts[k]} images (each specimen's images stay in one split); lower the split sizes or add "
+                      f"specimens")
+    yield k, np.concatenate(taken) if taken else np.zeros(0, np.int64)
 
 
 def load_or_make_splits(workdir: str, dataset, sizes, seed: int) -> dict:
@@ -56,7 +98,8 @@ def load_or_make_splits(workdir: str, dataset, sizes, seed: int) -> dict:
   if os.path.exists(path):
     return _reuse(path, dataset, sizes, seed)
   sizes, _ = _check_sizes(sizes)
-  splits = make_splits(dataset.labels, dataset.num_classes, sizes, seed, dataset.label_names)
+  splits = make_splits(dataset.labels, dataset.num_classes, sizes, seed, dataset.label_names,
+                       getattr(dataset, "specimens", None))
   content = {"seed": int(seed), "sizes": sizes,
              "splits": {k: [dataset.paths[i] for i in idx] for k, idx in splits.items()}}
   if not _write_new(path, content):

@@ -204,6 +204,9 @@ _COMMON = dict(
     f_max=0.95,               # ... and at tau=1, so every image holds both classes
     confounded_fraction=0.5,  # confounded=True: the same smoothed fraction for every label ...
     confounded_blur=1.5,      # ... and extra beam blur (px) growing linearly to this value at tau=1
+    fraction_jitter=0.0,      # sd of each image's smoothed fraction around its label's f(t): fields of view differ
+    drift_brightness=0.0,     # relative brightness change growing linearly to this value at tau=1 (a session
+    drift_blur=0.0,           # effect), and extra beam blur (px, defocus) growing the same way, on top of f(t)
 )
 PRESETS: dict[str, dict] = {
     "tiny": dict(_COMMON, num_labels=4, images_per_label=6, height=64, width=64, nodule_px=5.0, blob_scale=0.12),
@@ -243,7 +246,9 @@ def _settings(preset: str, overrides: dict) -> dict:
       (0 <= settings["shading"] <= 1 and 0 <= settings["detector"] <= 1,
        "shading and detector must lie in [0, 1] (a larger one makes the yield negative)"),
       (0 <= settings["confounded_fraction"] <= 1, "confounded_fraction must lie in [0, 1]"),
-      (min(settings[k] for k in ("blur_sigma", "noise", "confounded_blur", "blob_scale", "smooth_keep",
+      (0 <= settings["fraction_jitter"] <= 0.25, "fraction_jitter must lie in [0, 0.25]"),
+      (-0.5 <= settings["drift_brightness"] <= 0.5, "drift_brightness must lie in [-0.5, 0.5]"),
+      (min(settings[k] for k in ("blur_sigma", "noise", "confounded_blur", "drift_blur", "blob_scale", "smooth_keep",
                                  "smooth_sigma", "border_sigma", "edge", "undulation_px", "crevice")) >= 0,
        "blur_sigma, noise, confounded_blur, blob_scale, smooth_keep, smooth_sigma, border_sigma, edge, "
        "undulation_px and crevice must not be negative"),
@@ -278,17 +283,22 @@ def _plan(preset: str, f_true: str, seed: int, confounded: bool, overrides: dict
   if confounded:
     # Negative control: the area never changes, the label rides on the beam blur instead.
     truth = np.full(count, settings["confounded_fraction"])
-  blur = settings["blur_sigma"] + settings["confounded_blur"] * tau * confounded
+  blur = settings["blur_sigma"] + (settings["confounded_blur"] * confounded + settings["drift_blur"]) * tau
+  brightness = settings["brightness"] * (1.0 + settings["drift_brightness"] * tau)
   rows = settings["height"] - settings["info_bar"]
   pixels = rows * settings["width"]
   labels = []
   for label, (t, fraction, sigma) in enumerate(zip(stress_times, truth, blur)):
-    smoothed = _smoothed_pixels(float(fraction), pixels)
+    # Each field of view's own fraction scatters around the label's f(t), from the set's seed alone.
+    jitter = np.random.default_rng([seed, label, 0x717]).normal(0.0, settings["fraction_jitter"],
+                                                                 settings["images_per_label"])
+    smoothed = [_smoothed_pixels(float(np.clip(fraction + j, 0.01, 0.99)) if settings["fraction_jitter"] else
+                                 float(fraction), pixels) for j in jitter]
     labels.append(dict(
         stress_time=float(t), folder=_folder(t), tau=float(tau[label]), smoothed_fraction=float(fraction),
-        blur_sigma=float(sigma),
-        images=[dict(name=f"img_{i:03d}.png", smoothed_pixels=smoothed, fraction=smoothed / pixels)
-                for i in range(settings["images_per_label"])]))
+        blur_sigma=float(sigma), brightness=float(brightness[label]),
+        images=[dict(name=f"img_{i:03d}.png", smoothed_pixels=n, fraction=n / pixels)
+                for i, n in enumerate(smoothed)]))
   return dict(
       generator="copper_jax.data.synthetic",
       version=copper_jax.__version__,
@@ -355,13 +365,14 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
     for kind in ("images", "masks"):
       os.makedirs(os.path.join(out_dir, kind, entry["folder"]), exist_ok=True)
     render = {key: settings[key] for key in _RENDER_DEFAULTS}
-    render.update(height=settings["height"], width=settings["width"], blur_sigma=entry["blur_sigma"])
+    render.update(height=settings["height"], width=settings["width"], blur_sigma=entry["blur_sigma"],
+                  brightness=entry["brightness"])
     for index, image in enumerate(entry["images"]):
       done = all(os.path.exists(os.path.join(out_dir, kind, entry["folder"], image["name"]))
                  for kind in ("images", "masks"))
       if not done:
         jobs.append((out_dir, manifest["seed"], label, index, entry["folder"], image["name"],
-                     entry["smoothed_fraction"], render))
+                     image["fraction"], render))
   if not os.path.exists(os.path.join(out_dir, _MANIFEST)):
     _write_regenerable(os.path.join(out_dir, _PARTIAL), json.dumps(manifest, indent=2).encode())
 

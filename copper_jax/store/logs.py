@@ -19,6 +19,9 @@ from copper_jax.store import workdir as workdir_lib
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
 _FILE_VERSION = "brain.Event:2"
+# Keys MetricWriter adds to every metrics.jsonl line: when it was written (Unix seconds) and the training speed
+# since the writer's previous line. They differ between two runs of the same numbers; compare lines without them.
+TIMING_KEYS = ("wall_time", "steps_per_second")
 
 
 def _crc32c_table() -> list[int]:
@@ -207,6 +210,7 @@ class MetricWriter:
     self._events = open(self.events_path, "ab")
     self._events.write(frame_record(encode_event(time.time(), 0, file_version=_FILE_VERSION)))
     self._events.flush()
+    self._last = None  # (step, time.time()) of the previous line, for steps per second
 
   def write(self, step: int, scalars: dict) -> None:
     """Records `scalars` ({name: number}) at `step`; both files are flushed before returning."""
@@ -214,14 +218,23 @@ class MetricWriter:
       raise ValueError("'step' is reserved in metrics.jsonl; pass it as the step argument")
     if self._jsonl is None:
       return
+    if any(key in scalars for key in TIMING_KEYS):
+      raise ValueError(f"{', '.join(TIMING_KEYS)} are written by MetricWriter itself; rename the metric")
     values = {key: _number(key, value) for key, value in scalars.items()}
-    line = json.dumps({"step": int(step), **values}) + "\n"
+    now = time.time()
+    timing = {"wall_time": round(now, 3)}
+    if self._last is not None and step > self._last[0] and now > self._last[1]:
+      timing["steps_per_second"] = round((step - self._last[0]) / (now - self._last[1]), 4)
+    self._last = (int(step), now)
+    line = json.dumps({"step": int(step), **values, **timing}) + "\n"
     os.write(self._jsonl, line.encode("utf-8"))
-    event = encode_event(time.time(), int(step), scalars={k: float(v) for k, v in values.items()})
+    speed = {"perf/steps_per_second": timing["steps_per_second"]} if "steps_per_second" in timing else {}
+    event = encode_event(now, int(step), scalars={k: float(v) for k, v in {**values, **speed}.items()})
     self._events.write(frame_record(event))
     self._events.flush()
     if not self.quiet:
       log(f"step {int(step)}: " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -234,6 +247,22 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The complete lines of `workdir/metrics.jsonl` as dicts ([] when there is no file); a partial last line left
+  by a killed run is skipped."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
 
 
 def is_time(step: int, every: int, total: int) -> bool:

@@ -1,8 +1,9 @@
 """Safe files in a workdir: atomic writes, one process per workdir, the run's config.json."""
+import contextlib
 import errno
-import fcntl
 import json
 import os
+import shutil
 import tempfile
 
 import ml_collections
@@ -85,6 +86,70 @@ def read_json(path: str, missing=None, fix: str | None = None):
       raise ConfigError(f"{path} is not valid JSON; {fix}") from None
 
 
+def _inside(path: str, folder: str) -> bool:
+  """Whether real path `path` is `folder` or lies below it (both already resolved)."""
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_folder(path, flag: str, inputs=()) -> str:
+  """The absolute path of an output folder a job may create and write, checked before any work; UserError
+  naming `flag` otherwise: an empty name, a file in its place or above it, no write permission or a read-only
+  filesystem, or a folder equal to or inside one of `inputs` (folders the job reads; empty entries ignored).
+
+  Nothing is left behind: writability is tried with a temporary file that is removed at once.
+  """
+  if not isinstance(path, str) or not path.strip():
+    raise UserError(f"{flag} is empty: give the folder to write into, e.g. {flag}=runs/mine")
+  absolute = os.path.abspath(path)
+  if os.path.exists(absolute) and not os.path.isdir(absolute):
+    raise UserError(f"{flag}={path} is a file, not a folder: choose another path or move the file away")
+  existing = absolute
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f"{flag}={path}: {existing} is a file, so no folder can be made below it; choose another path")
+  try:
+    fd, probe = tempfile.mkstemp(dir=existing, prefix=".copper_jax_probe.")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"{flag}={path}: cannot write in {existing} ({e.strerror}); choose a writable folder") from None
+  real = os.path.realpath(absolute)
+  for source in inputs:
+    if source and _inside(real, os.path.realpath(source)):
+      raise UserError(f"{flag}={path} is {'the' if real == os.path.realpath(source) else 'inside the'} input "
+                      f"folder {source}, which is read as data; choose a folder outside it")
+  return absolute
+
+
+class Start:
+  """What `locked_start` yields: `commit()` marks the point after which the workdir is kept whatever happens."""
+
+  def __init__(self):
+    self.committed = False
+
+  def commit(self) -> None:
+    self.committed = True
+
+
+@contextlib.contextmanager
+def locked_start(work_dir: str):
+  """`WorkdirLock` on `work_dir` for a training run, yielding a `Start`. When a UserError escapes before
+  `commit()` and the folder did not exist before, the folder is removed again: a start refused for its data or its
+  config leaves nothing behind. A workdir that existed is never removed (its checks run before it is written)."""
+  existed = os.path.exists(work_dir)
+  start = Start()
+  lock = WorkdirLock(work_dir)
+  with lock:
+    try:
+      yield start
+    except UserError:
+      if not existed and not start.committed:
+        lock.release()
+        shutil.rmtree(work_dir, ignore_errors=True)
+      raise
+
+
 class WorkdirLock:
   """Exclusive lock on `workdir/.lock` so two copper_jax processes never write one workdir.
 
@@ -102,6 +167,7 @@ class WorkdirLock:
       raise RuntimeError(f"WorkdirLock for {self.workdir} is already held by this object")
     if not processes.is_primary():
       return self  # one job of several processes: the first one holds the lock for all
+    fcntl = _fcntl()
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -126,9 +192,20 @@ class WorkdirLock:
   def release(self) -> None:
     """Drops the lock (also done by the kernel when the process exits)."""
     if self._fd is not None:
+      fcntl = _fcntl()
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
+
+
+def _fcntl():
+  """The POSIX fcntl module; UserError on systems without it, so the package still imports there."""
+  try:
+    import fcntl
+  except ImportError:
+    raise UserError("copper_jax's workdir lock needs POSIX file locks (Linux or macOS); on Windows run it in WSL2") \
+        from None
+  return fcntl
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -185,19 +262,31 @@ def config_differences(saved, config, keys: list[str]) -> list[str]:
   return [f"{k} {value(saved, k)!r} -> {value(config, k)!r}" for k in keys if value(saved, k) != value(config, k)]
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  checkpoints = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+
+
+def check_run_config(workdir: str, config, keys: list[str], what: str) -> None:
+  """ConfigError when `workdir` holds checkpoints made with a config that differs from `config` in `keys`; reads
+  only, so a training run can check this before it writes anything."""
+  if not _has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  saved = load_config(workdir)
+  if _differs(saved.to_dict(), json.loads(config_utils.config_to_json(config)), keys):
+    raise ConfigError(f"{workdir} holds checkpoints of {what} made with another config "
+                      f"({', '.join(config_differences(saved, config, keys))}): use a fresh --workdir, or the old "
+                      f"values to resume")
+
+
 def save_run_config(workdir: str, config, keys: list[str], what: str) -> None:
   """config.json of a training run; once checkpoints exist, only a config equal to theirs in `keys` is taken.
 
   Before the first checkpoint the file simply follows the latest config (a failed start binds nothing).
   """
-  checkpoints = os.path.join(workdir, "checkpoints")
-  has_checkpoints = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
-  if not has_checkpoints:
+  if not _has_checkpoints(workdir):
     os.makedirs(workdir, exist_ok=True)
     atomic_write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config_utils.config_to_json(config)))
     return
-  saved = save_config(workdir, config, keys=keys)
-  if saved is not None:
-    raise ConfigError(f"{workdir} holds checkpoints of {what} made with another config "
-                      f"({', '.join(config_differences(saved, config, keys))}): use a fresh --workdir, or the old "
-                      f"values to resume")
+  check_run_config(workdir, config, keys, what)
+  save_config(workdir, config, keys=keys)

@@ -12,33 +12,23 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_utils, hypotheses, members, optim
+from copper_jax import config_rules, config_utils, hypotheses, members, optim
+from copper_jax.data import sampler
 from copper_jax.models import make_model
 from copper_jax.store import checkpoint
 from copper_jax.sweep import steps
 
 # Config entries that fix the shape and meaning of a sweep checkpoint; changing any of them needs a new workdir.
-FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "hypotheses", "num_seeds", "seed",
-                    "loss.kind", "optim.learning_rate", "optim.schedule", "train.patch_size", "train.batch_size"]
+FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "hypotheses", "control.permutations",
+                    "num_seeds", "seed", "loss.kind", "optim.learning_rate", "optim.schedule", "train.patch_size", "train.batch_size"]
 
 
-def validate_config(config) -> list[hypotheses.Hypothesis]:
-  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses."""
-  config_utils.validate(config, [
-      ("num_seeds", lambda v: isinstance(v, int) and v >= 1, "needs at least one seed"),
-      ("train.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("train.patch_size", lambda v: v >= 2 ** config.model.d,
-       f"must be at least 2**model.d = {2 ** config.model.d} pixels"),
-      ("train.log_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("train.checkpoint_every", lambda v: v >= 1, "must be a positive number of steps"),
-      ("loss.kind", lambda v: v in ("mse", "bce", "interval"), "use mse, bce or interval"),
-      ("loss.binarise_weight", lambda v: v >= 0, "must be >= 0"),
-      ("loss.tolerance", lambda v: v >= 0, "must be >= 0"),
-      ("optim.learning_rate", lambda v: v > 0, "must be > 0"),
-      ("eval.batch_size", lambda v: v >= 1, "needs at least one image per batch"),
-      ("eval.bootstrap", lambda v: v >= 100, "use at least 100 resamples for a 95% interval"),
-      ("members.strategy", lambda v: v in members.STRATEGIES, f"use one of {members.STRATEGIES}"),
-  ])
+def validate_config(config, where: str = "") -> list[hypotheses.Hypothesis]:
+  """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses.
+
+  Every key is checked against `config_rules.SWEEP`; `where` names a saved config in messages.
+  """
+  config_rules.check(config, config_rules.SWEEP, where)
   config_utils.total_steps(config.train, 1)  # exactly one duration; the image count only matters for epochs
   return hypotheses.expand(config.hypotheses)
 
@@ -56,7 +46,7 @@ def check_memory(config, num_hypotheses: int, num_labels: int = 2) -> None:
   patch = config.train.patch_size
   state = jax.eval_shape(lambda: steps.init_state(model, optimizer, jax.random.key(0), (patch, patch), num_labels))
   per_member = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
-  num_members = num_hypotheses * config.num_seeds
+  num_members = (num_hypotheses + config.control.permutations) * config.num_seeds
   per_device = -(-num_members // (jax.device_count() if config.members.shard else 1))
   config_utils.check_memory(
       "num_seeds", config.num_seeds, per_member * per_device, config_utils.available_memory_bytes(),
@@ -140,10 +130,17 @@ class Sweep:
 def build(config, data, hyps=None, num_train_images: int | None = None) -> Sweep:
   """The sweep for this config and data (a dataset or its `DataSummary`): `num_train_images` sets the schedule's
   length for training; without it the program can restore and predict but not train. `hyps`: the already
-  expanded hypotheses, if the caller has them."""
-  hyps = tuple(hypotheses.expand(config.hypotheses) if hyps is None else hyps)
+  expanded hypotheses, if the caller has them. The permuted-target controls (`hypotheses.permuted_controls`) follow
+  the hypotheses on the members axis and train exactly like them."""
+  hyps = hypotheses.expand(config.hypotheses) if hyps is None else list(hyps)
+  hyps = tuple(hyps + hypotheses.permuted_controls(data.num_classes, config.control.permutations, config.seed))
   member_arrays = member_table(hyps, config.num_seeds, data.tau)
-  total = None if num_train_images is None else config_utils.total_steps(config.train, num_train_images)
+  total = None
+  if num_train_images is not None:
+    # The image size counts only for a duration in epochs, each covering every training image's area once.
+    per_image = (sampler.patches_per_image(data.image_shape, config.train.patch_size) if config.train.num_epochs
+                 else 1)
+    total = config_utils.total_steps(config.train, num_train_images, patches_per_image=per_image)
   program = SweepProgram(config, data.num_classes, len(member_arrays["targets"]), total)
   fingerprint, config_hash = checkpoint.config_fingerprint(config, FINGERPRINT_KEYS)
   meta = {"config_hash": config_hash, "fingerprint": fingerprint, "hypotheses": [h.name for h in hyps],

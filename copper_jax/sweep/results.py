@@ -1,44 +1,67 @@
 """From per-member, per-image evaluation arrays to the sweep's ranking, intervals and verdict: numpy in, dict out.
 
 Ranking measure: held-out proportion MSE, (mean mask - g(t))^2 per image, whatever loss trained the models, so
-hypotheses are compared on the paper's scale. Intervals: 95% percentile bootstrap that resamples both the seeds
-and the images, so they hold the two sources of noise a user would meet on a rerun with new data.
+hypotheses are compared on the paper's scale. Intervals (`stats.crossed_mean_interval`): seeds and held-out units
+(images, or specimens where the data have several per label) both random, units compared within their label.
+Every comparison between two members is paired: the same seeds, the same images.
+
+One criterion everywhere: a fixed hypothesis "fits best" only when the paired 95% interval of every fixed rival's
+excess error over it lies above zero; the rivals whose interval reaches zero are named as not told apart. Before
+any of that, the permuted-target control (`hypotheses.permuted_controls`) says whether the errors mean anything.
 """
 import numpy as np
 
 from copper_jax import hypotheses as hypotheses_lib
-from copper_jax import members
+from copper_jax import members, stats
 
 SPLITS = ("train", "val", "test")
+# A permuted-target control "fits" when it explains at least this share of its targets' variance on held-out images
+# (or half of what the leading hypothesis explains of its own, if more): a model that sees only local texture
+# explains little of scrambled targets, at most what an affine function of f(t) can.
+CONTROL_FLOOR = 0.25
 
 WHAT_THE_MASK_IS = (
     "The mask marks surface the model judges smoothed (low adhesion) from SEM secondary-electron intensity and "
     "texture alone. Its area fraction is a learned proxy of the smoothed area, not a roughness measurement: "
     "ISO 25178 parameters such as Sa, Sq or the developed interfacial area ratio Sdr need a height map (AFM, "
-    "confocal microscopy or stereo-SEM).")
+    "confocal microscopy or stereo-SEM). Fractions are on the hypothesis's scale: every hypothesis is pinned to 0 "
+    "at the first stress time and 1 at the last (unless it sets lo/hi), so a mask fraction says where an image "
+    "lies between the two ends of the series, not how much of its area is smoothed in absolute terms.")
+
+CONTROL_FIRED = (
+    "Warning: the model also fits targets whose order over the stress times is scrambled (the permuted-target "
+    "control explains {share} of their variance on held-out images). A model that reads only the local texture of "
+    "smoothed and rough surface cannot do that, so this one reads the stress time from something else: blur or "
+    "focus, brightness or contrast, an imaging session, magnification, or the overall smoothed fraction through a "
+    "receptive field that is too large. Its errors then say nothing about how the smoothed area grows with t, and "
+    "no hypothesis is named. Check the images for such differences between stress times, or use a model with a "
+    "smaller receptive field.")
 
 
-def _resample_indices(labels_N, num_seeds, rng, num_bootstrap):
-  """Bootstrap draws of seeds and of held-out images, the images resampled within each label.
-
-  The held-out split is stratified by design (the same number of images per label), so the resampling is
-  too: an interval then holds the noise of a rerun with new images and seeds, not of a different label mix.
-  With a single image in some label, resampling within labels would hide all image noise, so the images are
-  then resampled as one pool.
-  """
-  seeds = rng.integers(0, num_seeds, size=(num_bootstrap, num_seeds))
-  by_label = [np.flatnonzero(labels_N == t) for t in np.unique(labels_N)]
-  if min(len(idx) for idx in by_label) < 2:
-    by_label = [np.arange(len(labels_N))]
-  images = np.concatenate([idx[rng.integers(0, len(idx), size=(num_bootstrap, len(idx)))] for idx in by_label],
-                          axis=1)
-  return seeds, images
+def _evidence_units(r, specimens):
+  """(unit of each held-out image (U,), labels of the units, what a unit is): specimens when the data give several
+  per label among these images, else images."""
+  index, labels = r["index"], r["label"]
+  if specimens is not None:
+    spec = np.array([specimens[i] for i in index])
+    per_label = [len(set(spec[labels == t])) for t in np.unique(labels)]
+    if min(per_label) >= 2:
+      names, unit = np.unique(spec, return_inverse=True)
+      unit_labels = np.array([labels[np.flatnonzero(unit == u)[0]] for u in range(len(names))])
+      return unit, unit_labels, "specimens"
+  return np.arange(len(index)), labels, "images"
 
 
-def _bootstrap_means(loss_SxN, draws):
-  """Bootstrap distribution of the mean loss over the given (seed, image) draws."""
-  seeds, images = draws
-  return np.array([loss_SxN[s][:, i].mean() for s, i in zip(seeds, images)])
+def _unit_means(loss_SxN, unit_N, num_units):
+  """Per seed, the mean loss of each unit's images: (S, U)."""
+  sums = np.zeros((loss_SxN.shape[0], num_units))
+  np.add.at(sums, (slice(None), unit_N), loss_SxN)
+  return sums / np.bincount(unit_N, minlength=num_units)[None, :]
+
+
+def _interval(loss_SxN, unit_N, unit_labels):
+  result = stats.crossed_mean_interval(_unit_means(loss_SxN, unit_N, len(unit_labels)), unit_labels)
+  return {"mean": float(loss_SxN.mean()), "ci95": result["ci"], "se": result["se"], "df": result["df"]}
 
 
 def _iou(counts):
@@ -48,57 +71,66 @@ def _iou(counts):
   return {"smoothed": smoothed, "rough": rough, "mean_iou": 0.5 * (smoothed + rough)}
 
 
-def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, receptive_field, num_bootstrap,
-              seed) -> dict:
+def _on_pinned_scale(values_T):
+  """Values rescaled so the first label is 0 and the last 1, the scale every default hypothesis is pinned to."""
+  values_T = np.asarray(values_T, np.float64)
+  span = values_T[-1] - values_T[0]
+  return (values_T - values_T[0]) / span if abs(span) > 1e-12 else None
+
+
+def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, receptive_field) -> dict:
   """The content of sweep.json from raw per-member evaluation arrays (see `sweep.run.evaluate_members`)."""
   num_labels = dataset.num_classes
-  rng = np.random.default_rng(seed)
   manifest = dataset.manifest or {}
   f_true = np.asarray(manifest["f_true_values"], np.float64) if "f_true_values" in manifest else None
   rank_split = "val" if "val" in raw else "test"
-  # One set of draws per split, shared by every hypothesis: differences between hypotheses are then paired.
-  draws = {split: _resample_indices(r["label"], num_seeds, rng, num_bootstrap) for split, r in raw.items()}
-  boot = {}
+  specimens = getattr(dataset, "specimens", None)
+  units = {split: _evidence_units(r, specimens) for split, r in raw.items()}
+  all_seeds = list(range(num_seeds))
+  losses = {}  # (name, split) -> (S, N) squared errors of the members that did not diverge, when all did not
 
   rows = []
   for k, hyp in enumerate(hypotheses):
     members_k = members.hypothesis_members(k, num_seeds)
-    alive = [m for m in members_k if not diverged[m]]
+    alive = [s for s in all_seeds if not diverged[members_k[s]]]
     row = hyp.to_json()
-    row["learned"] = hyp.learned
+    row.update(learned=hyp.learned, control=hyp.control)
     row["targets_per_seed"] = final_targets[members_k].tolist()
-    row["targets"] = (final_targets[alive].mean(0) if alive else final_targets[members_k].mean(0)).tolist()
-    row["diverged_seeds"] = [s for s, m in enumerate(members_k) if diverged[m]]
+    kept = [members_k[s] for s in alive] or members_k
+    row["targets"] = final_targets[kept].mean(0).tolist()
+    row["diverged_seeds"] = [s for s in all_seeds if s not in alive]
     row["diverged"] = not alive
     row["loss"], row["mean_mask"], row["iou"] = {}, {}, {}
     for split, r in raw.items():
       if not alive:
         continue
-      loss_SxN = np.square(r["fraction"][alive] - r["target"][alive]).astype(np.float64)
+      kept = [members_k[s] for s in alive]
+      loss_SxN = np.square(r["fraction"][kept] - r["target"][kept]).astype(np.float64)
+      unit_N, unit_labels, _ = units[split]
+      row["loss"][split] = {**_interval(loss_SxN, unit_N, unit_labels), "per_seed": loss_SxN.mean(1).tolist(),
+                            "num_images": int(loss_SxN.shape[1])}
       if len(alive) == num_seeds:
-        boot[(hyp.name, split)] = _bootstrap_means(loss_SxN, draws[split])
-        ci95 = np.percentile(boot[(hyp.name, split)], [2.5, 97.5]).tolist()
-      else:  # some seeds diverged: resample the survivors alone
-        ci95 = np.percentile(_bootstrap_means(loss_SxN, _resample_indices(
-            r["label"], len(alive), rng, num_bootstrap)), [2.5, 97.5]).tolist()
-      row["loss"][split] = {"mean": float(loss_SxN.mean()), "ci95": ci95,
-                            "per_seed": loss_SxN.mean(1).tolist(), "num_images": int(loss_SxN.shape[1])}
-      fraction_N = r["fraction"][alive].mean(0)
+        losses[(hyp.name, split)] = loss_SxN
+      fraction_N = r["fraction"][kept].mean(0)
       row["mean_mask"][split] = [float(fraction_N[r["label"] == t].mean()) if np.any(r["label"] == t) else None
                                  for t in range(num_labels)]
       if "tp" in r:
-        row["iou"][split] = _iou({c: r[c][alive] for c in ("tp", "fp", "fn", "tn")})
+        row["iou"][split] = _iou({c: r[c][kept] for c in ("tp", "fp", "fn", "tn")})
     if f_true is not None:
       row["rmse_to_f_true"] = float(np.sqrt(np.mean(np.square(np.asarray(row["targets"]) - f_true))))
     rows.append(row)
 
-  ranked = sorted([r for r in rows if not r["diverged"] and rank_split in r["loss"]],
+  ranked = sorted([r for r in rows if not r["diverged"] and not r["control"] and rank_split in r["loss"]],
                   key=lambda r: r["loss"][rank_split]["mean"])
   for i, r in enumerate(ranked):
     r["rank"] = i + 1
   for r in rows:
     r.setdefault("rank", None)
+  fixed = [r for r in ranked if not r["learned"]]
+  leader = fixed[0]["name"] if fixed else None
+  paired = _paired_excess(rows, leader, rank_split, losses, units[rank_split]) if leader else {}
 
+  unit_N, unit_labels, unit_kind = units[rank_split]
   summary = {
       "labels": {"stress_times": dataset.stress_times.tolist(), "tau": dataset.tau.tolist(),
                  "names": list(dataset.label_names)},
@@ -108,20 +140,17 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
       "ranking_measure": "held-out proportion MSE, (mean mask - g(t))^2 per image",
       "hypotheses": rows, "ranking": [r["name"] for r in ranked],
       "what_the_mask_is": WHAT_THE_MASK_IS,
+      "evidence": _evidence(num_seeds, unit_kind, len(unit_labels), len(raw[rank_split]["index"]), unit_labels,
+                            rank_split, specimens),
   }
-  # The learned curve is an estimate of g, not a rival guess: the verdict is about the fixed hypotheses.
-  summary.update(_verdict([r for r in ranked if not r["learned"]], rank_split))
-  _paired_differences(ranked, summary["leader"], rank_split, boot)
+  summary["control"] = _control(rows, leader, rank_split, raw[rank_split])
+  summary.update(_verdict(fixed, rank_split, paired, summary["control"], summary["evidence"]))
+  summary["adequacy"] = _adequacy(ranked, leader, paired)
+  if summary["adequacy"]["learned_fits_better"] and summary["leader"]:
+    summary["verdict"] += (" But the learned curve fits clearly better than every listed hypothesis: none of the "
+                           "listed hypotheses is adequate (the learned curve's values are in the report).")
   if f_true is not None:
-    confounded = bool(manifest.get("confounded", False))
-    summary["f_true"] = {"name": manifest.get("f_true"), "values": f_true.tolist(), "confounded": confounded}
-    if confounded:
-      # The smoothed area does not change with t here: no hypothesis of area is true, so none is "closest".
-      summary["f_true"].update(closest_hypothesis=None, closest_rank=None, closest_ranked_first=None)
-    else:
-      closest = min(rows, key=lambda r: r["rmse_to_f_true"])
-      summary["f_true"].update(closest_hypothesis=closest["name"], closest_rank=closest["rank"],
-                               closest_ranked_first=closest["rank"] == 1)
+    summary["f_true"] = _truth(manifest, f_true, rows)
   if "tp" in raw.get(rank_split, {}):
     smoothed = sum(float(np.sum(dataset.masks[i])) for i in raw[rank_split]["index"])
     pixels = len(raw[rank_split]["index"]) * float(np.prod(dataset.image_shape))
@@ -136,43 +165,165 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
   return summary
 
 
-def _verdict(ranked, split):
-  """Names a leader only where its interval is clear of every rival's; otherwise says the data do not tell."""
-  if not ranked:
-    return {"leader": None, "distinguishable": False, "tied_with_leader": [],
-            "verdict": "every hypothesis diverged; nothing can be ranked"}
-  lead = ranked[0]
-  lead_hi = lead["loss"][split]["ci95"][1]
-  tied = [r["name"] for r in ranked[1:] if r["loss"][split]["ci95"][0] <= lead_hi]
-  margin = ranked[1]["loss"][split]["mean"] - lead["loss"][split]["mean"] if len(ranked) > 1 else None
-  if tied:
-    verdict = (f"The data do not tell {lead['name']} apart from {', '.join(tied)}: their 95% intervals of "
-               f"{split} error overlap.")
+def _paired_excess(rows, leader, split, losses, units) -> dict:
+  """{name: excess error over the leader with its paired 95% interval}, for every member with all seeds alive."""
+  if (leader, split) not in losses:
+    return {}
+  unit_N, unit_labels, _ = units
+  out = {}
+  for r in rows:
+    if r["name"] != leader and (r["name"], split) in losses:
+      diff_SxN = losses[(r["name"], split)] - losses[(leader, split)]
+      out[r["name"]] = {"split": split, **_interval(diff_SxN, unit_N, unit_labels)}
+      r["excess_over_leader"] = out[r["name"]]
+  return out
+
+
+def _evidence(num_seeds, unit_kind, num_units, num_images, unit_labels, split, specimens) -> dict:
+  what = f"{num_images} held-out ({split}) images" if unit_kind == "images" else (
+      f"{num_units} held-out ({split}) specimens ({num_images} images)")
+  text = f"{num_seeds} seed{'s' if num_seeds != 1 else ''}, {what} of {len(np.unique(unit_labels))} stress times"
+  note = None
+  if unit_kind == "images":
+    note = ("The images are the units of evidence: several fields of view of one specimen are not independent "
+            "samples of the etching process, so the verdict is about these specimens' fields of view. Lay the data "
+            "out as <stress time>/<specimen>/<images> with several specimens per stress time to generalise.")
+  return {"seeds": int(num_seeds), "units": unit_kind, "num_units": int(num_units), "num_images": int(num_images),
+          "text": text, "note": note, "specimens_in_data": specimens is not None}
+
+
+def _explained_share(row, split, labels_N):
+  """1 - error / variance of the member's targets over the held-out images (its R^2), with the interval that
+  follows from its error's, or None when the targets do not vary."""
+  variance = float(np.var(np.asarray(row["targets"])[labels_N]))
+  if variance <= 1e-12 or split not in row["loss"]:
+    return None
+  loss = row["loss"][split]
+  return {"explained_share": 1.0 - loss["mean"] / variance,
+          "ci95": [1.0 - loss["ci95"][1] / variance, 1.0 - loss["ci95"][0] / variance],
+          "error": loss["mean"], "target_variance": variance}
+
+
+def _control(rows, leader, split, r) -> dict:
+  """The permuted-target control, scored by the share of its targets' variance it explains on held-out images.
+
+  A model that reads only local texture explains of scrambled targets at most what an affine function of f(t)
+  can (little: the orders are chosen far from monotone); one that reads t from another cue explains about as much
+  as it does of the leading hypothesis. The bar is the larger of CONTROL_FLOOR and half the leader's share. The
+  control passes when the upper end of the best control's interval stays below the bar, fires when its estimate
+  reaches it, and is inconclusive in between (too few held-out images or seeds to tell). It is scored on its own
+  error, not on its paired excess over the leader (reported too): a model that fits nothing would otherwise fit
+  the controls "as well as" the leader.
+  """
+  controls = [row for row in rows if row["control"]]
+  out = {"members": [c["name"] for c in controls], "split": split, "state": "not run", "fired": False,
+         "ran": bool(controls)}
+  if not controls:
+    out["text"] = "No permuted-target control ran (control.permutations=0, or fewer than 4 stress times)."
+    return out
+  out["orders"] = {c["name"]: c["params"]["values"] for c in controls}
+  labels = r["label"]
+  shares = {c["name"]: _explained_share(c, split, labels) for c in controls}
+  shares = {name: share for name, share in shares.items() if share is not None}
+  for c in controls:
+    if c["name"] in shares and "excess_over_leader" in c:
+      shares[c["name"]]["excess_over_leader"] = c["excess_over_leader"]
+  out["per_member"] = shares
+  lead = next((row for row in rows if row["name"] == leader), None)
+  lead_share = _explained_share(lead, split, labels) if lead else None
+  if not shares or lead_share is None:
+    out["text"] = "The control could not be scored: the leading hypothesis or every control member diverged."
+    return out
+  bar = max(CONTROL_FLOOR, 0.5 * lead_share["explained_share"])
+  best = max(shares, key=lambda n: shares[n]["explained_share"])
+  share = shares[best]
+  out.update(best=best, bar=bar, leader_explained_share=lead_share["explained_share"])
+  figure = f"{share['explained_share']:.0%} (95% interval {share['ci95'][0]:.0%} to {share['ci95'][1]:.0%})"
+  if share["explained_share"] >= bar:
+    out["state"], out["fired"] = "fired", True
+    out["text"] = CONTROL_FIRED.format(share=figure)
+  elif share["ci95"][1] >= bar:
+    out["state"] = "inconclusive"
+    out["text"] = (f"The control is inconclusive: a permuted-target control explains {figure} of its targets' "
+                   f"variance, and its interval reaches the bar of {bar:.0%} (the leading hypothesis explains "
+                   f"{lead_share['explained_share']:.0%} of its own). With these few held-out images or seeds it "
+                   "cannot be ruled out that the model reads the stress time from something other than the "
+                   "smoothed area, so no hypothesis is named; add held-out images (data.split) or seeds.")
   else:
-    verdict = f"{lead['name']} fits best: its 95% interval of {split} error is clear of every other hypothesis."
+    out["state"] = "passed"
+    out["text"] = (f"Control passed: targets in a scrambled stress-time order are not fitted (at most {figure} of "
+                   f"their variance explained, below the bar of {bar:.0%}; the leading hypothesis explains "
+                   f"{lead_share['explained_share']:.0%} of its own), as expected of a model that reads the local "
+                   "texture of smoothed surface.")
+  return out
+
+
+def _verdict(fixed, split, paired, control, evidence) -> dict:
+  """Names a leader only where every fixed rival's paired excess interval lies above zero and the control passed."""
+  over = f" Intervals are over {evidence['text']}."
+  if not fixed:
+    return {"leader": None, "distinguishable": False, "tied_with_leader": [],
+            "verdict": "Every hypothesis diverged: nothing can be ranked; lower the learning rate."}
+  lead = fixed[0]
+  tied = [r["name"] for r in fixed[1:] if r["name"] not in paired or paired[r["name"]]["ci95"][0] <= 0]
+  margin = fixed[1]["loss"][split]["mean"] - lead["loss"][split]["mean"] if len(fixed) > 1 else None
+  if control["ran"] and control["state"] != "passed":
+    return {"leader": None, "distinguishable": False, "tied_with_leader": [], "margin": margin,
+            "verdict": control["text"] + over, "lowest_error": lead["name"]}
+  if len(fixed) == 1:
+    verdict = (f"Only {lead['name']} was tried: there is nothing to rank it against; add rival hypotheses to "
+               "config.hypotheses.")
+    return {"leader": lead["name"], "distinguishable": False, "tied_with_leader": [], "margin": None,
+            "verdict": verdict + over}
+  if tied:
+    verdict = (f"The data do not tell {lead['name']} apart from {', '.join(tied)}: the paired 95% interval of "
+               f"their excess {split} error over {lead['name']} reaches zero.")
+  else:
+    verdict = (f"{lead['name']} fits best: every other listed hypothesis has a larger {split} error, each by a "
+               "paired 95% interval above zero.")
   return {"leader": lead["name"], "distinguishable": not tied, "tied_with_leader": tied, "margin": margin,
-          "verdict": verdict}
+          "verdict": verdict + over}
 
 
-def _paired_differences(ranked, leader, split, boot):
-  """Each hypothesis's excess error over the leader, with a paired 95% interval (same seeds and images)."""
-  if leader is None or (leader, split) not in boot:
-    return
-  lead = next(r for r in ranked if r["name"] == leader)
-  for r in ranked:
-    if r is not lead and (r["name"], split) in boot:
-      diff = boot[(r["name"], split)] - boot[(leader, split)]
-      r["excess_over_leader"] = {"split": split, "mean": r["loss"][split]["mean"] - lead["loss"][split]["mean"],
-                                 "ci95": np.percentile(diff, [2.5, 97.5]).tolist()}
+def _adequacy(ranked, leader, paired) -> dict:
+  """Whether the jointly learned curve (a free monotone g) fits clearly better than the best fixed hypothesis."""
+  learned = [r for r in ranked if r["learned"]]
+  if not learned or leader is None or learned[0]["name"] not in paired:
+    return {"learned_fits_better": False, "learned": None}
+  excess = paired[learned[0]["name"]]
+  return {"learned_fits_better": excess["ci95"][1] < 0, "learned": learned[0]["name"],
+          "learned_excess_over_leader": excess, "learned_curve": learned[0]["targets"]}
+
+
+def _truth(manifest, f_true, rows) -> dict:
+  """Where the generator's true fraction is known: which fixed hypothesis is closest to it on the hypotheses' own
+  pinned scale, and where it ranked among the fixed hypotheses."""
+  confounded = bool(manifest.get("confounded", False))
+  on_scale = None if confounded else _on_pinned_scale(f_true)
+  out = {"name": manifest.get("f_true"), "values": f_true.tolist(), "confounded": confounded,
+         "values_on_hypothesis_scale": None if on_scale is None else on_scale.tolist()}
+  fixed = [r for r in rows if not r["learned"] and not r["control"]]
+  if on_scale is None:
+    # The smoothed area does not change with t here: no hypothesis of area is true, so none is "closest".
+    return dict(out, closest_hypothesis=None, closest_rank=None, closest_ranked_first=None)
+  for r in fixed:
+    r["rmse_to_f_true_on_scale"] = float(np.sqrt(np.mean(np.square(np.asarray(r["targets"]) - on_scale))))
+  closest = min(fixed, key=lambda r: r["rmse_to_f_true_on_scale"])
+  order = [r["name"] for r in sorted((r for r in fixed if r["rank"] is not None), key=lambda r: r["rank"])]
+  rank = order.index(closest["name"]) + 1 if closest["name"] in order else None
+  return dict(out, closest_hypothesis=closest["name"], closest_rank=rank, closest_ranked_first=rank == 1)
 
 
 def headline(summary) -> str:
   """One line for the terminal at the end of a sweep."""
   line = summary["verdict"]
+  control = summary.get("control", {})
+  if control.get("state") == "passed":
+    line += " " + control["text"]
   f = summary.get("f_true")
   if f and f["confounded"]:
-    line += " Negative control: the stress time is carried by blur, not by the smoothed area."
+    line += " (Synthetic negative control: the stress time is carried by blur, not by the smoothed area.)"
   elif f:
-    line += (f" Ground truth f_true={f['name']} is closest to {f['closest_hypothesis']}, ranked "
-             f"{f['closest_rank']}.")
+    line += (f" (Synthetic ground truth f_true={f['name']}: closest fixed hypothesis {f['closest_hypothesis']}, "
+             f"ranked {f['closest_rank']}.)")
   return line

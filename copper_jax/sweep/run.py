@@ -4,6 +4,7 @@
 `launch/evaluate.py` calls. The program itself (steps, member table, restore) is `sweep.program`; the statistics
 are `sweep.results`; this module is the job around them: the training loop, evaluation and the files it writes.
 """
+import copy
 import os
 
 import jax
@@ -15,7 +16,8 @@ from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_trai
 from copper_jax.errors import CheckpointError
 from copper_jax.models import analysis
 from copper_jax.store import checkpoint, workdir
-from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, truncate_after
+from copper_jax.store import tables
+from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, read_metrics, truncate_after
 from copper_jax.sweep import program as program_lib
 from copper_jax.sweep import results
 
@@ -112,16 +114,36 @@ def overlay_masks(sweep, states, dataset, indices, batch_size):
   return np.concatenate(masks, axis=1)
 
 
+def model_from_grid(config, quiet: bool = False):
+  """`config`, or a copy whose model.c/d/n/N are those of the best classifier of the grid search named by
+  `config.model_from_grid`: the paper extends that baseline into its segmentation net."""
+  grid_dir = config.get("model_from_grid", "")
+  if not grid_dir:
+    return config
+  from copper_jax.classifier import grid_search  # only when a grid search is named
+  best = grid_search.best_architecture(grid_dir)
+  config = copy.deepcopy(config)
+  config.model.update(best)
+  log(f"segmentation net from the best classifier of {grid_dir}: " + ", ".join(f"{k}={v}" for k, v in best.items()),
+      quiet)
+  return config
+
+
 def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
+  config = model_from_grid(config, quiet)
   hyps = program_lib.validate_config(config)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
-  work_dir = os.path.abspath(work_dir)
-  os.makedirs(work_dir, exist_ok=True)
-  with workdir.WorkdirLock(work_dir):
-    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+  with workdir.locked_start(work_dir) as start:
+    # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
+    workdir.check_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
+    # The target table needs the stress times: a hypothesis the labels cannot take is refused here, not later.
+    program_lib.member_table(hyps, config.num_seeds, dataset.tau)
+    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+    start.commit()
     sweep, states = train(config, work_dir, dataset, split, hyps, quiet)
     return finish(config, work_dir, dataset, split, sweep, states, quiet)
 
@@ -138,8 +160,7 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   rf = analysis.receptive_field("segmentation", config.model.c, config.model.d, config.model.n, config.model.N)
   summary = results.summarise(
       raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
-      diverged=diverged_M, dataset=dataset, receptive_field=rf, num_bootstrap=config.eval.bootstrap,
-      seed=config.seed)
+      diverged=diverged_M, dataset=dataset, receptive_field=rf)
   summary["config"] = config.to_dict()
   summary["determinism"] = determinism.record()
   if processes.is_primary():  # the other processes computed the same summary (copper_jax.processes)
@@ -152,7 +173,12 @@ def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_r
   """sweep.json, the figures and report.html; each file replaced atomically, checkpoints untouched."""
   from copper_jax.viz import plots, report  # matplotlib is imported only when figures are drawn
   figures = plots.sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
+  training = read_metrics(work_dir)
+  if training:
+    figures["loss_curves"] = plots.save(plots.loss_curves_figure(training),
+                                        os.path.join(work_dir, "figures", "loss_curves.png"))
   summary["figures"] = {k: os.path.relpath(v, work_dir) for k, v in figures.items()}
+  summary["tables"] = tables.write_sweep_tables(work_dir, summary)
   workdir.atomic_write_json(os.path.join(work_dir, SWEEP_FILE), summary)
   if make_report:
     report.save_overlays(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW)
@@ -189,6 +215,7 @@ def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   The checkpoints are only read. A sweep reports every split and ranks on validation.
   """
   work_dir = os.path.abspath(work_dir)
+  program_lib.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
   with workdir.WorkdirLock(work_dir):
     dataset, split = prepare_data(config, work_dir)
     sweep = program_lib.build(config, dataset, num_train_images=len(split["train"]))

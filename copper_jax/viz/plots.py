@@ -28,16 +28,17 @@ def save(fig, path) -> str:
 
 
 def ranking_figure(summary):
-  """Held-out error of each hypothesis with its 95% interval, best first (diverged ones listed apart)."""
+  """Held-out error of each hypothesis with its 95% interval, best first; the permuted-target controls below them."""
   split = summary["rank_split"]
   rows = [r for r in summary["hypotheses"] if r["rank"] is not None]
   rows.sort(key=lambda r: r["rank"])
+  rows += [r for r in summary["hypotheses"] if r.get("control") and split in r["loss"]]
   fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
   means = np.array([r["loss"][split]["mean"] for r in rows])
   lo = means - np.array([r["loss"][split]["ci95"][0] for r in rows])
   hi = np.array([r["loss"][split]["ci95"][1] for r in rows]) - means
   y = np.arange(len(rows))[::-1]
-  colors = ["tab:red" if r.get("learned") else "tab:blue" for r in rows]
+  colors = ["tab:gray" if r.get("control") else "tab:red" if r.get("learned") else "tab:blue" for r in rows]
   ax.errorbar(means, y, xerr=[lo, hi], fmt="none", ecolor="gray", capsize=3)
   ax.scatter(means, y, c=colors, zorder=3)
   ax.set_yticks(y, [r["name"] for r in rows])
@@ -48,7 +49,8 @@ def ranking_figure(summary):
   for label in ax.get_yticklabels():
     if label.get_text() == truth:
       label.set_fontweight("bold")
-  ax.set_title("Hypotheses ranked by held-out error" + (" (bold: closest to the true f)" if truth else ""))
+  ax.set_title("Hypotheses ranked by held-out error" + (" (bold: closest to the true f)" if truth else "")
+               + "\ngray: permuted-target controls, which a sound model cannot fit", fontsize=9)
   ax.grid(axis="x", alpha=0.3)
   return fig
 
@@ -68,7 +70,8 @@ def curves_figure(summary):
       color, marker = SPLIT_STYLE[split]
       values = np.array([np.nan if v is None else v for v in points])
       ax.plot(t, values, marker=marker, ls="none", ms=4, color=color, label=split)
-    title = f"#{r['rank']} {r['name']}" if r["rank"] else f"{r['name']} (diverged)"
+    title = (f"control {r['name']}" if r.get("control") else f"#{r['rank']} {r['name']}" if r["rank"]
+             else f"{r['name']} (diverged)")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
@@ -78,7 +81,7 @@ def curves_figure(summary):
   for ax in axes[-1]:
     ax.set_xlabel("stress time t")
   for ax in axes[:, 0]:
-    ax.set_ylabel("mean mask")
+    ax.set_ylabel("mean mask (g scale: 0 at t_min, 1 at t_max)", fontsize=7)
   fig.suptitle("Mean mask against stress time, per hypothesis (Figure 10)")
   fig.tight_layout()
   return fig
@@ -123,7 +126,7 @@ def learned_figure(summary):
   if "f_true" in summary:
     ax.plot(t, summary["f_true"]["values"], ":", color="gray", lw=1.5, label="true f")
   ax.set_xlabel("stress time t")
-  ax.set_ylabel("smoothed fraction")
+  ax.set_ylabel("smoothed fraction (g scale)")
   ax.set_ylim(-0.05, 1.05)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
@@ -141,7 +144,7 @@ def sweep_figures(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW) -> dic
   paths["curves"] = save(curves_figure(summary), os.path.join(out, "mask_vs_t.png"))
   num_seeds = summary["num_seeds"]
   shown = [r for r in sorted(summary["hypotheses"], key=lambda r: (r["rank"] is None, r["rank"] or 0))
-           if not r["diverged"]][:4]
+           if not r["diverged"] and not r.get("control")][:4]
   index = {r["name"]: k for k, r in enumerate(summary["hypotheses"])}
   members_shown = [(r["name"], members.member_index(index[r["name"]], 0, num_seeds)) for r in shown]
   if len(overlay_idx) and members_shown:
@@ -216,4 +219,43 @@ def cam_figure(image_HxW, cam_pred_HxW, cam_true_HxW, titles, suptitle):
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(suptitle, fontsize=9)
+  return fig
+
+
+def loss_curves_figure(records: list):
+  """Training (and validation, where logged) loss against step, one panel per hypothesis: each seed thin, their
+  mean thick, on a log scale; the title gives the median training speed. `records` are metrics.jsonl's lines."""
+  curves = {}  # hypothesis -> split -> seed -> [(step, loss)]
+  for record in records:
+    for key, value in record.items():
+      parts = key.split("/")
+      if len(parts) == 4 and parts[1] == "loss" and value is not None and np.isfinite(value):
+        split, _, hypothesis, seed = parts
+        curves.setdefault(hypothesis, {}).setdefault(split, {}).setdefault(seed, []).append((record["step"], value))
+  names = sorted(curves)
+  cols = min(3, max(1, len(names)))
+  rows = -(-max(1, len(names)) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False, sharex=True)
+  for ax, name in zip(axes.flat, names):
+    for split, by_seed in sorted(curves[name].items()):
+      colour = SPLIT_STYLE.get(split, ("tab:gray", "o"))[0]
+      for points in by_seed.values():
+        ax.plot(*zip(*points), color=colour, lw=0.6, alpha=0.4)
+      common = sorted(set.intersection(*[{s for s, _ in p} for p in by_seed.values()]))
+      mean = [np.mean([dict(p)[s] for p in by_seed.values()]) for s in common]
+      ax.plot(common, mean, color=colour, lw=1.8, label=f"{split} (mean of {len(by_seed)} seeds)" if len(by_seed) > 1 else split)
+    ax.set_yscale("log")
+    ax.set_title(name, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  for ax in axes[-1]:
+    ax.set_xlabel("step")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("loss")
+  speeds = [r["steps_per_second"] for r in records if r.get("steps_per_second")]
+  speed = f"; median {np.median(speeds):.3g} steps/s" if speeds else ""
+  fig.suptitle(f"Loss per hypothesis during training{speed}", fontsize=10)
+  fig.tight_layout()
   return fig

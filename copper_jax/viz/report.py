@@ -100,7 +100,8 @@ def _ranking_table(summary):
   head = ("<tr><th>rank</th><th>hypothesis</th><th>train error</th><th>val error [95%]</th>"
           "<th>test error [95%]</th><th>IoU smoothed (test)</th><th>mean IoU (test)</th></tr>")
   body = []
-  rows = sorted(summary["hypotheses"], key=lambda r: (r["rank"] is None, r["rank"] or 0))
+  rows = sorted((r for r in summary["hypotheses"] if not r.get("control")),
+                key=lambda r: (r["rank"] is None, r["rank"] or 0))
   truth = summary.get("f_true", {}).get("closest_hypothesis")
   tied = set(summary.get("tied_with_leader", [])) | {summary.get("leader")}
   for r in rows:
@@ -112,20 +113,51 @@ def _ranking_table(summary):
     iou = r["iou"].get("test") or r["iou"].get(split) or {}
     name = html.escape(r["name"]) + (" <em>(closest to the true f)</em>" if r["name"] == truth else "")
     status = str(r["rank"]) if r["rank"] else "diverged"
+    excess = r.get("excess_over_leader")
+    if excess:
+      name += (f'<br><span class="note">excess over {html.escape(str(summary.get("leader") or ""))}: '
+               f'{_fmt(excess["mean"])} [{_fmt(excess["ci95"][0])}, {_fmt(excess["ci95"][1])}]</span>')
     train = r["loss"].get("train")
     css = ' class="lead"' if r["name"] in tied and not summary.get("distinguishable", False) else ""
     body.append(f"<tr{css}><td>{status}</td><td>{name}</td><td>{_fmt(train['mean']) if train else '-'}</td>"
                 f"{cell('val')}{cell('test')}<td>{_fmt(iou.get('smoothed'), 3)}</td>"
                 f"<td>{_fmt(iou.get('mean_iou'), 3)}</td></tr>")
-  note = ('<p class="note">Shaded rows: the leader and the hypotheses whose 95% intervals overlap its interval; '
-          'the data do not order them.</p>' if not summary.get("distinguishable", True) else "")
+  note = ('<p class="note">Shaded rows: the leader and the hypotheses whose paired 95% interval of excess error '
+          'over it reaches zero; the data do not order them.</p>' if not summary.get("distinguishable", True)
+          else "")
+  if summary.get("evidence"):
+    note += f'<p class="note">Intervals are over {html.escape(summary["evidence"]["text"])}.</p>'
+    if summary["evidence"].get("note"):
+      note += f'<p class="note">{html.escape(summary["evidence"]["note"])}</p>'
   return f"<table>{head}{''.join(body)}</table>{note}"
+
+
+def _control_section(summary):
+  """The permuted-target control: what it is, its result in words, and each control member's figures."""
+  control = summary.get("control") or {}
+  if not control.get("ran"):
+    return f'<p class="note">{html.escape(control.get("text", "No control ran."))}</p>'
+  css = "caveat" if control.get("state") == "passed" else "alarm"
+  rows = "".join(
+      f"<tr><td>{html.escape(name)}</td><td>{_fmt(m['error'])}</td><td>{m['explained_share']:.0%} "
+      f"[{m['ci95'][0]:.0%}, {m['ci95'][1]:.0%}]</td></tr>" for name, m in control.get("per_member", {}).items())
+  return (f'<p class="{css}">{html.escape(control["text"])}</p>'
+          "<p>Each control member trains exactly like a hypothesis, on the linear targets put in a scrambled order "
+          "of the stress times. A model that only tells smoothed from rough texture can reproduce no such order; "
+          "the run fails the control when one explains as much of its targets' variance on held-out images as the "
+          f"bar ({control.get('bar', 0):.0%}: a quarter, or half of what the leading hypothesis explains of its "
+          "own, whichever is larger), and the control is inconclusive while the upper end of its 95% interval "
+          "reaches the bar.</p>"
+          f"<table><tr><th>control</th><th>{control['split']} error</th><th>share of its targets' variance "
+          f"explained [95%]</th></tr>{rows}</table>")
 
 
 def _run_table(summary):
   data, config = summary["data"], summary.get("config", {})
   model = config.get("model", {})
   train = config.get("train", {})
+  duration = (f"{train.get('num_steps')} steps" if train.get("num_steps") else
+              f"{train.get('num_epochs')} epochs (each covers every training image's area once)")
   rows = [
       ("data", f"{html.escape(str(data['root']))}"),
       ("images", f"{data['num_images']} of {data['image_shape'][0]} x {data['image_shape'][1]} pixels; split "
@@ -134,8 +166,7 @@ def _run_table(summary):
       ("skipped files", html.escape("; ".join(data.get("skipped", []))) or "none"),
       ("model", f"segmentation net c={model.get('c')} d={model.get('d')} n={model.get('n')} N={model.get('N')}, "
                 f"{model.get('norm')} norm; receptive field {summary['receptive_field']} pixels"),
-      ("training", f"{train.get('num_steps') or str(train.get('num_epochs')) + ' epochs'} steps of "
-                   f"{train.get('batch_size')} patches of {train.get('patch_size')} pixels, loss "
+      ("training", f"{duration} of {train.get('batch_size')} patches of {train.get('patch_size')} pixels, loss "
                    f"{html.escape(str(config.get('loss', {}).get('kind')))}; {summary['num_seeds']} seed(s) "
                    f"per hypothesis"),
       ("ranking", f"{html.escape(summary['ranking_measure'])}, on the {summary['rank_split']} split"),
@@ -231,6 +262,7 @@ table.kv th { background: #f3f3f3; white-space: nowrap; }
 tr.lead { background: #fff4d6; }
 img.figure { max-width: 100%; }
 .verdict { font-size: 1.15em; background: #f3f3f3; padding: 0.6em; border-left: 5px solid #c60; }
+.alarm { font-size: 1.1em; background: #ffe9e6; padding: 0.6em; border-left: 5px solid #c00; }
 .caveat { background: #eef6ff; padding: 0.6em; border-left: 5px solid #369; }
 .note { color: #555; font-size: 0.9em; }
 .controls { margin: 0.5em 0; display: flex; gap: 2em; align-items: center; flex-wrap: wrap; }
@@ -277,6 +309,39 @@ def _blind_test_section(folders):
   return "".join(parts)
 
 
+def _training_section(work_dir, summary):
+  """The loss curves drawn from metrics.jsonl, when the sweep wrote them."""
+  path = summary.get("figures", {}).get("loss_curves")
+  if not path or not os.path.exists(os.path.join(work_dir, path)):
+    return ""
+  return ("<h2>Training curves</h2><p>Loss per hypothesis against step, each seed thin and their mean thick, "
+          "from metrics.jsonl (which also records wall time and steps per second). A curve still falling at the "
+          "last step has not converged; its ranking may change with more training.</p>"
+          + _image(os.path.join(work_dir, path), "Loss curves"))
+
+
+def _tables_section(work_dir, summary, classifier_dir=None):
+  """Links to the CSV tables beside the report, for a spreadsheet."""
+  described = {
+      "ranking": "the ranking: each hypothesis's error per split with its 95% interval, its role (hypothesis, "
+                 "learned, control) and its excess over the leader",
+      "mean_masks": "mean mask fraction (on g's scale) per hypothesis, split and stress time, with its target g(t)",
+      "learned_g": "the learned g per stress time, per seed, and the isotonic fit of its masks",
+  }
+  links = [(rel, described.get(name, name)) for name, rel in summary.get("tables", {}).items()]
+  others = [(os.path.join(expert_study.FOLDER, "results.csv"), "the blind test: each expert's scores and the "
+             "classifier's on the same test split, with the paired McNemar test"),
+            (os.path.join(expert_study.FOLDER, expert_study.ANSWERS_CSV), "the blind test: every answer")]
+  links += [(rel, text) for rel, text in others if os.path.exists(os.path.join(work_dir, rel))]
+  if classifier_dir and os.path.exists(os.path.join(classifier_dir, "grid.csv")):
+    links.append((os.path.join(classifier_dir, "grid.csv"), "the classifier's grid search"))
+  if not links:
+    return ""
+  items = "".join(f'<li><a href="{html.escape(rel)}">{html.escape(os.path.basename(rel))}</a>: {html.escape(text)}'
+                  f"</li>" for rel, text in links)
+  return f"<h2>Tables for spreadsheets</h2><p>CSV files beside this report (open them in Excel or LibreOffice):</p><ul>{items}</ul>"
+
+
 def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str:
   """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz.
 
@@ -297,8 +362,9 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
                "analysis does not single one out, and its masks do not follow the smoothed regions.</p>")
     else:
       truth = (f"<p>Synthetic data with known ground truth: f_true = <b>{html.escape(str(f['name']))}</b>. "
-               f"Closest hypothesis: <b>{html.escape(f['closest_hypothesis'])}</b>, ranked "
-               f"{f['closest_rank']}.</p>")
+               f"Closest fixed hypothesis on the hypotheses' pinned scale: "
+               f"<b>{html.escape(f['closest_hypothesis'])}</b>, ranked {f['closest_rank']} among the fixed "
+               "hypotheses.</p>")
   baseline = summary.get("iou_all_smoothed_baseline")
   baseline_text = (f'<p class="note">For comparison, a mask that calls everything smoothed scores mean IoU '
                    f"{_fmt(baseline['mean_iou'], 3)}.</p>" if baseline else "")
@@ -311,6 +377,10 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
     learned = ("<h2>The learned hypothesis</h2><p>A monotone g learned jointly with its model, endpoints pinned. "
                "Where it follows the isotonic fit of its own masks, model and curve agree.</p>"
                + figure("learned_g", "learned g") + _learned_table(summary))
+    if summary.get("adequacy", {}).get("learned_fits_better"):
+      learned = learned.replace("</p>", " It fits clearly better than every listed hypothesis (paired 95% interval "
+                                "below zero): none of the listed hypotheses is adequate, and the table below gives "
+                                "the curve the data prefer.</p>", 1)
   classifier = (f"<h2>Stress-time classifier</h2>{_classifier_section(classifier_dir)}" if classifier_dir else "")
   experts = _blind_test_section([work_dir] + ([classifier_dir] if classifier_dir else []))
   experts = f"<h2>Blind test of experts</h2>{experts}" if experts else ""
@@ -321,6 +391,8 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
 <style>{STYLE}</style></head><body>
 <h1>Hypothesis sweep: which g(t) describes the smoothed area?</h1>
 <p class="verdict">{html.escape(summary['verdict'])}</p>
+<h2>Does the model read the smoothed area? The permuted-target control</h2>
+{_control_section(summary)}
 {truth}
 <p class="caveat"><b>What the mask fraction is.</b> {html.escape(summary['what_the_mask_is'])}</p>
 <h2>Run and data</h2>
@@ -331,13 +403,16 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
 {figure('ranking', 'Ranking with 95% intervals')}
 <h2>Mean mask against stress time (Figure 10)</h2>
 <p>Per hypothesis, the mean mask of each split against t, over its target curve g(t): a hypothesis the model can
-follow has its points on its curve.</p>
+follow has its points on its curve. Mask fractions are on the hypothesis's scale (every g is pinned to 0 at the
+first stress time and 1 at the last), not absolute smoothed areas.</p>
 {figure('curves', 'Mean mask against stress time')}
 <h2>Masks on held-out images (Figure 9)</h2>
 {masks}
 {learned}
+{_training_section(work_dir, summary)}
 {classifier}
 {experts}
+{_tables_section(work_dir, summary, classifier_dir)}
 <h2>Configuration</h2>
 <details><summary>config.json of the run</summary>
 <pre>{html.escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>
