@@ -5,9 +5,10 @@ Sections, in the order they run (each is skipped, with the reason recorded, when
 the JSON is rewritten after each, so a run cut short keeps what it measured):
   mfu            bfloat16 training steps of both models at the paper sweep's shapes against the device's measured
                  bfloat16 matmul peak and its data-sheet peak (model FLOPs utilisation).
-  paper_sweep    the `paper` sweep preset's own training loop (`copper_jax.sweep.run.train`) with 16 members
-                 (8 hypotheses x 2 seeds) for a few hundred steps: step time from the log's wall clock, XLA's
-                 memory figure, and the projected time of the full 200-epoch run.
+  paper_sweep    the `paper` sweep preset's own training loop (`copper_jax.sweep.run.train`) with 2 seeds (8
+                 hypotheses and 2 permuted-target controls: 20 members) for a few hundred steps: step time from the
+                 log's wall clock, XLA's memory figure, and the projected time of the full 200-epoch run, also
+                 scaled to the 16 members without controls.
   members        efficiency (K x one member's step time / the K-member step time) of vmap, chunked lax.map and
                  unrolled members at K = 4, 16, 64 at the paper sweep's shape; unrolled at 64 only when the time
                  left holds four times its K=16 compile.
@@ -17,7 +18,6 @@ the JSON is rewritten after each, so a run cut short keeps what it measured):
 """
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,9 +33,11 @@ from benchmarks.benchmark import PAPER_SWEEP, TINY, Preset, SweepSpec
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Data-sheet dense bfloat16 peaks (FLOP/s, without sparsity) by a substring of jax's device_kind.
 DATASHEET_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L4": 121e12}
-# The full run the projection is for: configs/sweep.py:paper with 2 seeds, 640 training images (40 per label).
-FULL_RUN = {"members": 16, "train_images": 640, "epochs": 200}
+# The full run the projection is for: configs/sweep.py:paper with 2 seeds, 640 training images (40 per label) of
+# 960x1280, 200 epochs. Its controls (permuted targets) add members: the projection scales by the members measured.
+FULL_RUN = {"train_images": 640, "epochs": 200}
 MEMBER_COUNTS = (4, 16, 64)
+PAPER_IMAGE_HW = (960, 1280)
 
 
 def _datasheet_peak(device_kind: str) -> float | None:
@@ -84,8 +86,9 @@ def measure_members(tiny: bool, time_left, log) -> dict:
 def _sweep_config(tiny: bool, num_steps: int):
   from configs import sweep as sweep_configs
   config = sweep_configs.get_config("smoke" if tiny else "paper")
+  config.model_from_grid = ""  # the preset's own net (c=32 d=3 n=2 N=1), not a grid search's: none has run here
   if not tiny:
-    config.num_seeds = 2  # 8 hypotheses x 2 seeds: the 16 members of FULL_RUN
+    config.num_seeds = 2
     config.data.synthetic.images_per_label = 2  # the step time does not depend on how many images patches come from
     config.data.split.update({"train": 1, "val": 1, "test": 0})
   config.train.update({"num_steps": num_steps, "num_epochs": 0, "log_every": max(1, num_steps // 3),
@@ -105,6 +108,7 @@ def _log_wall_times(work_dir: str) -> dict:
 
 
 def measure_paper_sweep(tiny: bool, num_steps: int, log) -> dict:
+  from copper_jax import config_utils
   from copper_jax.data import sampler
   from copper_jax.data.prepare import prepare_training_data
   from copper_jax.sweep import program as program_lib
@@ -131,7 +135,11 @@ def measure_paper_sweep(tiny: bool, num_steps: int, log) -> dict:
     # From the first logged step on: compilation and the first steps' warm-up are behind.
     step_s = (walls[steps[-1]] - walls[steps[0]]) / (steps[-1] - steps[0])
     member_count = sweep_program_.program.num_members
-  steps_full = math.ceil(FULL_RUN["train_images"] / config.train.batch_size) * FULL_RUN["epochs"]
+  # An epoch covers every training image's area once, as the sweep counts it (config_utils.total_steps).
+  full = _sweep_config(tiny, num_steps)
+  full.train.update({"num_steps": 0, "num_epochs": FULL_RUN["epochs"]})
+  steps_full = config_utils.total_steps(full.train, FULL_RUN["train_images"], patches_per_image=sampler.patches_per_image(
+      PAPER_IMAGE_HW, config.train.patch_size))
   overhead_s = train_s - num_steps * step_s  # compilation, the first placement and the checkpoint
   return {"preset": config.preset, "members": member_count, "strategy": sweep_program_.program.strategy,
           "image_shape": list(dataset.image_shape), "model": config.model.to_dict(),
@@ -139,8 +147,10 @@ def measure_paper_sweep(tiny: bool, num_steps: int, log) -> dict:
           "memory": memory,
           "data_s": data_s, "train_s": train_s, "step_s": step_s, "overhead_s": overhead_s,
           "images_per_s": member_count * config.train.batch_size / step_s,
-          "projection": {**FULL_RUN, "steps": steps_full, "assumes_members": FULL_RUN["members"],
-                         "hours": (steps_full * step_s * FULL_RUN["members"] / member_count + overhead_s) / 3600}}
+          "projection": {**FULL_RUN, "steps": steps_full,
+                         "hours": (steps_full * step_s + overhead_s) / 3600,
+                         # without the controls: step time taken as proportional to the members
+                         "hours_at_16_members": (steps_full * step_s * 16 / member_count + overhead_s) / 3600}}
 
 
 def _saved_arrays(work_dir: str, step: int) -> dict:
