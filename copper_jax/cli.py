@@ -2,7 +2,9 @@
 
 Flags are defined in the launch scripts; this turns a `UserError`, a flag or config-override mistake, or a
 missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
-not a traceback. It also applies the launcher's host-memory choice before JAX starts (see `host_memory`: keeping freed
+not a traceback. A training run stopped by SIGTERM or SIGINT after saving its checkpoint (`preemption`) prints its
+one line and exits with `preemption.EXIT_STATUS`. It turns on JAX's persistent compilation cache (`compile_cache`)
+and applies the launcher's host-memory choice before JAX starts (see `host_memory`: keeping freed
 memory for reuse speeds up one-model programs and slows down many-member sweeps).
 """
 import errno
@@ -12,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from copper_jax import host_memory
+from copper_jax import compile_cache, host_memory, preemption
 from copper_jax.errors import UserError
 
 
@@ -79,6 +81,8 @@ def run(main, reuse_freed_memory: bool = False) -> None:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  # Reruns, resumes, evaluate and predict then load the programs an earlier run compiled.
+  compile_cache.enable(compile_cache.directory_from_environment())
   def guarded(argv):
     # orbax logs every checkpoint step at INFO; users want the progress bar and errors.
     logging.set_verbosity(logging.WARNING)
@@ -87,6 +91,9 @@ def run(main, reuse_freed_memory: bool = False) -> None:
     except UserError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
+    except preemption.Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(preemption.EXIT_STATUS)
     except (AttributeError, KeyError) as e:
       # config_flags applies `--config.KEY=VALUE` overrides lazily, on first access to the config.
       if not _raised_in_ml_collections(e):

@@ -142,14 +142,14 @@ def compiled_bytes(compiled) -> int:
 
 
 def available_memory_bytes(device=None) -> int | None:
-  """Bytes `device` (default: the first JAX device) can still allocate, or None when nothing says.
+  """Bytes `device` (default: this process's first device) can still allocate, or None when nothing says.
 
   An accelerator's allocator reports its limit and use; XLA's CPU backend reports nothing, and then the host's
   available memory (MemAvailable in /proc/meminfo, which counts reclaimable caches; Linux only) is the figure.
   """
   if device is None:
     import jax  # pylint: disable=import-outside-toplevel
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # another process's device cannot report its memory
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

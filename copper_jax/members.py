@@ -106,10 +106,10 @@ def lift(step: Callable, strategy: str, num_members: int, chunk: int = 0, mesh: 
 def members_mesh(num_members: int, devices=None) -> Mesh | None:
   """A 1-D mesh over the largest number of local devices that divides the members axis; None for one device.
 
-  With several hosts, call `jax.distributed.initialize()` first (the launch scripts do when asked) and pass
-  `jax.devices()`: the mesh then spans every host's devices.
+  After `jax.distributed.initialize()` (`launch/sweep.py --num_processes=...`), `jax.devices()` are every
+  process's devices, so the members are split over all hosts.
   """
-  devices = list(devices if devices is not None else jax.local_devices())
+  devices = list(devices if devices is not None else jax.devices())
   usable = max(n for n in range(1, len(devices) + 1) if num_members % n == 0)
   if usable == 1:
     return None
@@ -126,8 +126,19 @@ def replicated_sharding(mesh: Mesh | None):
   return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
+def _host_side(x):
+  """x as numpy when it is a concrete value this process holds whole; tracers and spread arrays as they are."""
+  if isinstance(x, jax.core.Tracer) or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return x
+  return np.asarray(x)
+
+
 def place(tree, sharding):
   """Puts a pytree on devices with `sharding` (no-op placement when sharding is None)."""
   if sharding is None:
     return jax.tree_util.tree_map(jnp.asarray, tree)
+  if not sharding.is_fully_addressable:
+    # Every process holds the whole value; each puts its own devices' part (an array on one local device cannot
+    # be put on another process's devices).
+    tree = jax.tree_util.tree_map(_host_side, tree)
   return jax.device_put(tree, sharding)

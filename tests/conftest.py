@@ -2,6 +2,8 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Launchers the tests start write no compilation cache into the user's home; tests that want one pass a folder.
+os.environ.setdefault("COPPER_JAX_COMPILE_CACHE", "off")
 
 import pytest
 

@@ -23,7 +23,7 @@ def launcher_env(compile_cache: str | None = None) -> dict:
   compilation cache so a restarted run does not spend seconds recompiling (its programs are the same bytes)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
   if compile_cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    env.update(COPPER_JAX_COMPILE_CACHE=compile_cache, JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
   return env
 

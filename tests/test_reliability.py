@@ -9,7 +9,9 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 from configs import sweep as sweep_configs
+from copper_jax import preemption
 from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
 from tests.reliability_helpers import (ROOT, Launch, assert_same_arrays, checkpoint_steps, json_files_are_whole,
@@ -366,3 +369,69 @@ def test_predict_lists_every_bad_file_and_predicts_the_good_one(reference, cache
     rows = f.read().strip().splitlines()
   assert len(rows) == 2 and "good.png" in rows[1]
 
+
+
+def _signal_when(run, moment, signum, timeout=RUN_S):
+  """Sends `signum` to the run at the first poll where `moment()` holds, with the process stopped (SIGSTOP) while
+  the moment is checked again, so the signal lands in that state; False if the run exited first."""
+  deadline = time.monotonic() + timeout
+  while run.proc.poll() is None:
+    assert time.monotonic() < deadline, f"no signal moment within {timeout} s; log: {run.log_path}"
+    if moment():
+      run.proc.send_signal(signal.SIGSTOP)
+      landed = moment()
+      if landed:
+        run.proc.send_signal(signum)
+      run.proc.send_signal(signal.SIGCONT)
+      if landed:
+        return True
+    time.sleep(0.005)
+  return False
+
+
+def _stopped_step(run, signal_name):
+  """The step the one-line stop message names; checks the exit status and that the line is the only output
+  after the progress bar."""
+  last = run.output().strip().splitlines()[-1]
+  assert run.proc.returncode == preemption.EXIT_STATUS, run.output()
+  match = re.fullmatch(rf"stopped by {signal_name} after step (\d+) of \d+; checkpoint saved in (\S+): rerun the "
+                       r"same command to resume", last)
+  assert match, last
+  assert "Traceback" not in run.output()
+  return int(match.group(1))
+
+
+@pytest.mark.slow
+def test_sweep_stopped_by_sigterm_saves_its_step_and_resumes_to_the_same_bytes(reference, cache, tmp_path):
+  work_dir = str(tmp_path / "w")
+  run = Launch("sweep.py", [*SWEEP, f"--workdir={work_dir}"], f"{work_dir}.term.log", cache)
+  # Training under way, and far enough from its end that the signal lands before the last step: metrics of
+  # step 2 are written once step 3 is dispatched; step 8's only once step 9 is.
+  in_training = lambda: 0 < max(metric_steps(work_dir), default=0) < STEPS - EVERY
+  assert _signal_when(run, in_training, signal.SIGTERM), run.output()
+  run.wait(RUN_S)
+  step = _stopped_step(run, "SIGTERM")
+  assert 3 <= step < STEPS and max(checkpoint_steps(work_dir)) == step  # the step in flight, saved
+  assert not os.path.exists(os.path.join(work_dir, "sweep.json"))
+  resumed = _run_to_end("sweep.py", SWEEP, work_dir, cache, "resumed.log")
+  assert f"resuming the sweep from step {step} of {STEPS}" in resumed.output()
+  _assert_same_sweep(work_dir, reference)
+
+
+@pytest.mark.slow
+def test_classifier_stopped_by_sigint_off_its_log_steps_resumes_to_the_same_bytes(classifier_reference, cache,
+                                                                                  tmp_path):
+  work_dir = str(tmp_path / "w")
+  run = Launch("train.py", [*CLASSIFIER, f"--workdir={work_dir}"], f"{work_dir}.int.log", cache)
+  # The smoke classifier logs every 20 steps and checkpoints every 20: stopping in between leaves sums of a
+  # log line half-accumulated, which the checkpoint must carry for the resumed run to write the same line.
+  total = max(metric_steps(classifier_reference))
+  in_training = lambda: 0 < max(metric_steps(work_dir), default=0) < total - 40
+  assert _signal_when(run, in_training, signal.SIGINT), run.output()
+  run.wait(RUN_S)
+  step = _stopped_step(run, "SIGINT")
+  assert max(checkpoint_steps(work_dir)) == step
+  _run_to_end("train.py", CLASSIFIER, work_dir, cache, "resumed.log")
+  assert text(work_dir, "metrics.jsonl") == text(classifier_reference, "metrics.jsonl")
+  assert _classifier_results(work_dir) == _classifier_results(classifier_reference)
+  _assert_same_checkpoints(work_dir, classifier_reference)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import config_utils, metrics
+from copper_jax import config_utils, metrics, preemption
 from copper_jax.classifier.program import (BEST_METRIC, FINGERPRINT_KEYS, ClassifierProgram, best_score,
                                            checkpointer, restore_for_eval, run_meta, validate_config)
 from copper_jax.data import sampler, splits
@@ -63,7 +63,7 @@ class _TrainLog:
     self.learning_rate = config.optim.learning_rate
     self.ckpt_dir = ckpt_dir
     self.last_saved = None
-    self._sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
+    self.sums = {"loss_sum": 0.0, "count": 0.0, "correct": 0.0}
 
   def __call__(self, done: int, metrics_dev) -> None:
     m = jax.device_get(metrics_dev)
@@ -74,15 +74,15 @@ class _TrainLog:
           f"training loss is not finite at step {done} (loss sum {float(m['loss_sum']):.4g}, gradient norm "
           f"{float(m['grad_norm']):.4g}): lower config.optim.learning_rate (now {self.learning_rate:g}) or check "
           f"the images; {kept}")
-    for key in self._sums:
-      self._sums[key] += float(m[key])
+    for key in self.sums:
+      self.sums[key] += float(m[key])
     if is_time(done, self.log_every, self.total):
-      count = max(self._sums["count"], 1.0)
-      loss = self._sums["loss_sum"] / count
-      self.writer.write(done, {"train/loss": loss, "train/accuracy": self._sums["correct"] / count,
+      count = max(self.sums["count"], 1.0)
+      loss = self.sums["loss_sum"] / count
+      self.writer.write(done, {"train/loss": loss, "train/accuracy": self.sums["correct"] / count,
                                "train/grad_norm": float(m["grad_norm"])})
       self.progress.set_postfix(loss=loss)
-      self._sums = dict.fromkeys(self._sums, 0.0)
+      self.sums = dict.fromkeys(self.sums, 0.0)
 
 
 def train(config, work_dir: str, dataset, split, program: ClassifierProgram, quiet: bool = False) -> dict:
@@ -95,7 +95,7 @@ def train(config, work_dir: str, dataset, split, program: ClassifierProgram, qui
   meta = run_meta(config, dataset)
   ckpt = checkpointer(work_dir, len(val_idx) > 0)
   training_path = os.path.join(work_dir, TRAINING_FILE)
-  start, prior_time = 0, 0.0
+  start, prior_time, log_sums = 0, 0.0, None
   if ckpt.latest_step() is not None:
     state, saved = ckpt.restore(program.abstract_state(), meta)
     start, prior_time = int(saved["step"]), float(saved.get("train_time_s", 0.0))
@@ -104,6 +104,7 @@ def train(config, work_dir: str, dataset, split, program: ClassifierProgram, qui
       log(f"already trained for {start} steps (asked for {total}); evaluating", quiet)
       return workdir.read_json(training_path)
     truncate_after(work_dir, start)
+    log_sums = saved.get("log_sums")
     log(f"resuming the classifier from step {start} of {total}", quiet)
   else:
     truncate_after(work_dir, 0)  # metrics of a killed run that saved no checkpoint
@@ -115,31 +116,43 @@ def train(config, work_dir: str, dataset, split, program: ClassifierProgram, qui
   progress = Progress(total, "classifier", quiet=quiet, initial=start)
   host = _TrainLog(writer, progress, config.train.log_every, total, config, ckpt.directory)
   host.last_saved = ckpt.latest_step()
+  if log_sums:  # the sums since the last log line, so a run resumed off a log step writes the same next line
+    host.sums.update(log_sums)
   late = LateFetch(host)
   began = time.perf_counter()
   steady_time, steady_steps = 0.0, 0
   try:
-    for step, batch in patches.iterate(start, total - start):
-      tick = time.perf_counter()
-      state, step_metrics = program.train_step(state, _device_batch(batch, ("image", "label")))
-      done = step + 1
-      late.dispatched(done, step_metrics)  # every step's metrics are summed and checked for a non-finite loss
-      if step > start:  # the first step of a process includes compilation
-        steady_time += time.perf_counter() - tick
-        steady_steps += 1
-      progress.update(1)
-      if is_time(done, eval_every, total):
-        late.flush()
-        scalars = {}
-        if len(val_idx):
-          val = predict_split(program, state, dataset, val_idx, config.eval.batch_size)
-          accuracy = metrics.accuracy(val["label"], val["logits"].argmax(-1))
-          scalars = {"val_accuracy": accuracy, "val_loss": val["loss"],
-                     BEST_METRIC: best_score(accuracy, val["loss"])}
-          writer.write(done, {f"val/{k[4:]}": v for k, v in scalars.items() if k != BEST_METRIC})
-        ckpt.save(done, state, dict(meta, step=done, train_time_s=prior_time + time.perf_counter() - began,
-                                    metrics=scalars))
-        host.last_saved = done
+    with preemption.StopOnSignal() as stop:
+      for step, batch in patches.iterate(start, total - start):
+        tick = time.perf_counter()
+        state, step_metrics = program.train_step(state, _device_batch(batch, ("image", "label")))
+        done = step + 1
+        late.dispatched(done, step_metrics)  # every step's metrics are summed and checked for a non-finite loss
+        if step > start:  # the first step of a process includes compilation
+          steady_time += time.perf_counter() - tick
+          steady_steps += 1
+        progress.update(1)
+        stopping = stop.due(done)  # asked at every step: with several processes it is a sync point
+        if is_time(done, eval_every, total):
+          late.flush()
+          scalars = {}
+          if len(val_idx):
+            val = predict_split(program, state, dataset, val_idx, config.eval.batch_size)
+            accuracy = metrics.accuracy(val["label"], val["logits"].argmax(-1))
+            scalars = {"val_accuracy": accuracy, "val_loss": val["loss"],
+                       BEST_METRIC: best_score(accuracy, val["loss"])}
+            writer.write(done, {f"val/{k[4:]}": v for k, v in scalars.items() if k != BEST_METRIC})
+          ckpt.save(done, state, dict(meta, step=done, train_time_s=prior_time + time.perf_counter() - began,
+                                      metrics=scalars, log_sums=host.sums))
+          host.last_saved = done
+        elif stopping:
+          # No validation here: the step is saved for resuming only, never as the best.
+          late.flush()
+          ckpt.save(done, state, dict(meta, step=done, train_time_s=prior_time + time.perf_counter() - began,
+                                      metrics={}, log_sums=host.sums))
+          host.last_saved = done
+        if stopping:
+          raise preemption.Preempted(stop.signal_name, done, total, ckpt.directory)
   finally:
     progress.close()
     writer.close()

@@ -7,7 +7,7 @@ import os
 import ml_collections
 import numpy as np
 
-from copper_jax import config_utils
+from copper_jax import config_utils, processes
 from copper_jax.store import workdir
 from copper_jax.data import folder, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
@@ -76,11 +76,13 @@ def load_dataset(config, work_dir: str):
   root = config.data.root
   if not root:
     root = os.path.join(work_dir, "data")
-    if not os.path.exists(os.path.join(root, "manifest.json")):
+    # With several processes the first generates the set and the others wait for it (copper_jax.processes).
+    if processes.is_primary() and not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
       log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
                          **_synthetic_overrides(syn))
+    processes.barrier("synthetic data written")
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
                                # workdirs saved before the key existed hold no limit of their own

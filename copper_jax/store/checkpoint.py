@@ -23,11 +23,12 @@ import warnings
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from copper_jax import config_utils
+from copper_jax import config_utils, processes
 from copper_jax.errors import CheckpointError
 
 STATE, META, MANIFEST = "state", "meta", "manifest"
@@ -49,7 +50,7 @@ class _Unreadable(Exception):
 
 
 def _host(leaf) -> np.ndarray:
-  return np.asarray(jax.device_get(leaf))
+  return np.asarray(processes.to_host(leaf))
 
 
 def _crc(array: np.ndarray) -> int:
@@ -67,6 +68,18 @@ def _manifest(state, best_value: float | None) -> dict:
     leaves.append({"path": jax.tree_util.keystr(path), "shape": list(array.shape), "dtype": array.dtype.name,
                    "crc32": _crc(array)})
   return {"format": _MANIFEST_FORMAT, "leaves": leaves, "best_value": best_value}
+
+
+def _placed(abstract_state):
+  """The target with a placement for every leaf: this process's first device where the target names none.
+
+  Without one, orbax places arrays as they were saved, and refuses when the devices differ (a sweep saved by two
+  processes, evaluated by one).
+  """
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default),
+      abstract_state)
 
 
 def _short(value) -> str:
@@ -294,7 +307,7 @@ class Checkpointer:
     self._check_leaves(step, stored, target)
     try:
       state = getattr(self._manager.restore(
-          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)})), STATE)
+          step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(_placed(abstract_state))})), STATE)
     except Exception as e:  # pylint: disable=broad-except
       raise _Unreadable(f"state: {_first_line(e)}") from e
     # orbax has been seen to restore partial trees; never hand one back.
@@ -304,9 +317,17 @@ class Checkpointer:
     restored = jax.tree_util.tree_flatten_with_path(state)[0]
     self._check_leaves(step, [(jax.tree_util.keystr(p), tuple(np.shape(x)), np.dtype(x.dtype).name)
                               for p, x in restored], target)
+    hosts = []
     for (path, leaf), entry in zip(restored, saved):
-      if _crc(_host(leaf)) != entry.get("crc32"):
+      hosts.append(_host(leaf))
+      if _crc(hosts[-1]) != entry.get("crc32"):
         raise _Unreadable(f"leaf {path} does not match its saved checksum (garbled file)")
+    # orbax hands back arrays committed to a device; a fresh run's are not. The two lower to programs that differ
+    # in sharding annotations only, enough for a resumed run or an evaluation to miss the compilation cache.
+    # The caller places them where its program wants them.
+    # Arrays spread over several processes stay where orbax put them (the target's sharding).
+    state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [
+        jnp.asarray(h) if leaf.is_fully_addressable else leaf for (_, leaf), h in zip(restored, hosts)])
     return state, meta
 
   def _check_config(self, step: int, meta: dict, expected_meta: dict) -> None:

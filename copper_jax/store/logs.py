@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from copper_jax import processes
 from copper_jax.store import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
@@ -189,6 +190,9 @@ class MetricWriter:
   def __init__(self, workdir: str, quiet: bool = False):
     self.workdir = os.path.abspath(workdir)
     self.quiet = quiet
+    self._jsonl = None
+    if not processes.is_primary():
+      return  # several processes log the same numbers: the first writes them (see copper_jax.processes)
     os.makedirs(os.path.join(self.workdir, TB_DIR), exist_ok=True)
     path = os.path.join(self.workdir, METRICS_FILE)
     # O_APPEND and one write per line: a kill leaves whole lines, except at worst a partial last one.
@@ -212,6 +216,8 @@ class MetricWriter:
     """Records `scalars` ({name: number}) at `step`; both files are flushed before returning."""
     if "step" in scalars:
       raise ValueError("'step' is reserved in metrics.jsonl; pass it as the step argument")
+    if self._jsonl is None:
+      return
     if any(key in scalars for key in TIMING_KEYS):
       raise ValueError(f"{', '.join(TIMING_KEYS)} are written by MetricWriter itself; rename the metric")
     values = {key: _number(key, value) for key, value in scalars.items()}
@@ -294,6 +300,8 @@ def truncate_after(workdir: str, step: int) -> int:
   """
   workdir = os.path.abspath(workdir)
   dropped = 0
+  if not processes.is_primary():
+    return dropped
   path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(path):
     with open(path, encoding="utf-8", errors="replace") as f:

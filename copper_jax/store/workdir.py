@@ -8,7 +8,7 @@ import tempfile
 
 import ml_collections
 
-from copper_jax import config_utils
+from copper_jax import config_utils, processes
 from copper_jax.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.json"
@@ -165,6 +165,8 @@ class WorkdirLock:
   def __enter__(self) -> "WorkdirLock":
     if self._fd is not None:
       raise RuntimeError(f"WorkdirLock for {self.workdir} is already held by this object")
+    if not processes.is_primary():
+      return self  # one job of several processes: the first one holds the lock for all
     fcntl = _fcntl()
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -47,7 +47,7 @@ def check_memory(config, num_hypotheses: int, num_labels: int = 2) -> None:
   state = jax.eval_shape(lambda: steps.init_state(model, optimizer, jax.random.key(0), (patch, patch), num_labels))
   per_member = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
   num_members = (num_hypotheses + config.control.permutations) * config.num_seeds
-  per_device = -(-num_members // (jax.local_device_count() if config.members.shard else 1))
+  per_device = -(-num_members // (jax.device_count() if config.members.shard else 1))
   config_utils.check_memory(
       "num_seeds", config.num_seeds, per_member * per_device, config_utils.available_memory_bytes(),
       f"{per_device} members per device hold {per_member / 2 ** 20:.3g} MiB of state each before any activation: "

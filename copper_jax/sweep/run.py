@@ -10,7 +10,7 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_utils, determinism, members
+from copper_jax import config_utils, determinism, members, preemption, processes
 from copper_jax.data import sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
 from copper_jax.errors import CheckpointError
@@ -52,7 +52,7 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
   names = [f"{sweep.hypotheses[k].name}/seed{s}" for k, s in sweep.rows]
 
   def write_metrics(step, metrics):
-    metrics = jax.device_get(metrics)
+    metrics = processes.to_host(metrics)
     loss_M = metrics["loss_sum"] / np.maximum(metrics["count"], 1.0)
     scalars = {f"train/loss/{name}": float(loss) for name, loss in zip(names, loss_M)}
     scalars["train/loss_mean"] = float(np.mean(loss_M))
@@ -63,14 +63,18 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
   late = LateFetch(write_metrics)
   ckpt = checkpoint.Checkpointer(os.path.join(work_dir, "checkpoints"))
   try:
-    for step, batch in patches.iterate(start, total - start):
-      states, metrics = train_step(states, member_arrays, members.place(batch, program.shared_sharding))
-      done = step + 1
-      late.dispatched(done, metrics, keep=is_time(done, config.train.log_every, total))
-      progress.update(1)
-      if is_time(done, config.train.checkpoint_every, total):
-        late.flush()
-        ckpt.save(done, states, dict(sweep.meta, step=done))
+    with preemption.StopOnSignal() as stop:
+      for step, batch in patches.iterate(start, total - start):
+        states, metrics = train_step(states, member_arrays, members.place(batch, program.shared_sharding))
+        done = step + 1
+        late.dispatched(done, metrics, keep=is_time(done, config.train.log_every, total))
+        progress.update(1)
+        stopping = stop.due(done)  # asked at every step: with several processes it is a sync point
+        if stopping or is_time(done, config.train.checkpoint_every, total):
+          late.flush()
+          ckpt.save(done, states, dict(sweep.meta, step=done))
+        if stopping:
+          raise preemption.Preempted(stop.signal_name, done, total, ckpt.directory)
   finally:
     progress.close()
     writer.close()
@@ -96,7 +100,7 @@ def evaluate_members(sweep, states, dataset, split, batch_size: int):
       continue
     parts = []
     for placed, keep, batch in _device_batches(sweep.program, dataset, idx, batch_size, with_masks):
-      out = jax.device_get(sweep.program.eval_step(states, sweep.member_arrays, placed))
+      out = processes.to_host(sweep.program.eval_step(states, sweep.member_arrays, placed))
       parts.append({"index": batch["index"][keep], "label": batch["label"][keep],
                     **{k: v[:, keep] for k, v in out.items()}})
     raw[name] = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
@@ -105,7 +109,7 @@ def evaluate_members(sweep, states, dataset, split, batch_size: int):
 
 def overlay_masks(sweep, states, dataset, indices, batch_size):
   """Masks of every member for chosen images: (M, len(indices), H, W) float32."""
-  masks = [np.asarray(jax.device_get(sweep.program.predict_masks(states, sweep.member_arrays, placed)))[:, keep]
+  masks = [np.asarray(processes.to_host(sweep.program.predict_masks(states, sweep.member_arrays, placed)))[:, keep]
            for placed, keep, _ in _device_batches(sweep.program, dataset, indices, batch_size)]
   return np.concatenate(masks, axis=1)
 
@@ -148,8 +152,8 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   """Evaluation, summary, figures and report from trained states (shared by the sweep and `evaluate`)."""
   log("evaluating every member on whole images", quiet)
   raw = evaluate_members(sweep, states, dataset, split, config.eval.batch_size)
-  final_targets_MxT = np.asarray(jax.device_get(sweep.program.final_targets(states, sweep.member_arrays)))
-  diverged_M = np.asarray(jax.device_get(states.diverged))
+  final_targets_MxT = np.asarray(processes.to_host(sweep.program.final_targets(states, sweep.member_arrays)))
+  diverged_M = np.asarray(processes.to_host(states.diverged))
   held_out = split["test"] if len(split.get("test", [])) else split["val"]
   overlay_idx = splits.pick_overlay_images(dataset.labels, held_out, config.eval.num_overlays)
   masks = overlay_masks(sweep, states, dataset, overlay_idx, config.eval.batch_size)
@@ -159,7 +163,8 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
       diverged=diverged_M, dataset=dataset, receptive_field=rf)
   summary["config"] = config.to_dict()
   summary["determinism"] = determinism.record()
-  write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
+  if processes.is_primary():  # the other processes computed the same summary (copper_jax.processes)
+    write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
   log(results.headline(summary), quiet)
   return summary
 
