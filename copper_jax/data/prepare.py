@@ -32,6 +32,7 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.synthetic = ml_collections.ConfigDict()
   data.synthetic.preset = "demo"
   data.synthetic.f_true = "sqrt"
+  data.synthetic.texture = "copper"     # the surface model: copper | frequency | facets | contrast | varied
   data.synthetic.confounded = False
   data.synthetic.seed = 0
   data.synthetic.num_labels = 0         # 0: the preset's value
@@ -74,9 +75,10 @@ def prepare_data(config, work_dir: str):
     root = os.path.join(work_dir, "data")
     if not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
-      log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
+      log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}, texture="
+          f"{syn.get('texture', 'copper')}) in {root}")
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
-                         **_synthetic_overrides(syn))
+                         texture=syn.get("texture", "copper"), **_synthetic_overrides(syn))
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
                                # workdirs saved before the key existed hold no limit of their own
