@@ -83,3 +83,23 @@ def test_a_tiny_search_chooses_trains_once_and_reports(tmp_path):
   assert set(quality["mean_iou"]["linear"]) == {"single", "flips", "seed_ensemble", "flips_and_seeds"}
   assert 0 <= quality["local_std_filter"]["mean_iou"] <= 1
   assert "Segmentation net chosen by the data" in (tmp_path / "report.html").read_text()
+
+
+def test_the_textures_preset_validates_with_every_texture_and_its_candidates():
+  from copper_jax.data import prepare, synthetic
+  from copper_jax.sweep import program
+  for texture in synthetic.TEXTURES:
+    config = sweep_configs.get_config("textures")
+    config.data.synthetic.texture = texture
+    config.lock()
+    program.validate_config(config)
+    prepare.check_patch_fits(config)
+    assert [search.candidate_name(p) for p in search.candidates(config)] == ["8_2_1_1", "8_3_1_1"]
+  config = sweep_configs.get_config("textures")
+  config.data.synthetic.texture = "wood"
+  with pytest.raises(ConfigError, match="texture='wood' is unknown"):
+    prepare.check_patch_fits(config)
+  # the default search grid: c=8 with receptive fields 10, 24, 38 and 56 px
+  from copper_jax.models import analysis
+  default = sweep_configs.get_config("demo")
+  assert [analysis.receptive_field("segmentation", *p) for p in search.candidates(default)] == [10, 24, 38, 56]

@@ -48,10 +48,12 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
 
 def check_patch_fits(config) -> None:
   """ConfigError naming train.patch_size when it is larger than the images, read from one header (the user's
-  folder) or the synthetic preset; nothing is loaded or written, so it can run before the workdir is made."""
+  folder) or the synthetic preset, or naming an unknown synthetic texture; nothing is loaded or written, so it can
+  run before the workdir is made."""
   if config.data.root:
     height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom)
   else:
+    synthetic.check_texture(config.data.synthetic.get("texture", "copper"))
     height, width = synthetic.image_shape(config.data.synthetic.preset, **_synthetic_overrides(config.data.synthetic))
     height -= config.data.crop_bottom
   if config.train.patch_size > min(height, width):

@@ -419,6 +419,11 @@ def _folder(stress_time: float) -> str:
   return np.format_float_positional(stress_time, trim="-")
 
 
+def check_texture(texture: str) -> None:
+  if texture not in TEXTURES:
+    raise ConfigError(f"texture={texture!r} is unknown; use one of {', '.join(TEXTURES)}")
+
+
 def _per_image_variation(settings: dict, seed: int, label: int, count: int, blur_sigma: float) -> list[dict]:
   """texture "varied": each image's own nodule spacing, shot noise and beam blur, from the set's seed alone and
   independent of the label, so they vary within a stress time and carry no cue of it."""
@@ -434,8 +439,7 @@ def _plan(preset: str, f_true: str, seed: int, confounded: bool, overrides: dict
   """The manifest of a synthetic set, computed before any image is rendered."""
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ConfigError(f"seed={seed!r} must be a non-negative integer")
-  if texture not in TEXTURES:
-    raise ConfigError(f"texture={texture!r} is unknown; use one of {', '.join(TEXTURES)}")
+  check_texture(texture)
   settings = _settings(preset, overrides)
   count = settings["num_labels"]
   stress_times = np.round(settings["time_step"] * np.arange(count), 9)
