@@ -54,6 +54,15 @@ def test_search_and_model_from_grid_cannot_both_choose_the_net(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_a_search_without_controls_is_refused_before_training(tmp_path):
+  config = sweep_configs.get_config("smoke")
+  config.model.search.enabled = True
+  config.control.permutations = 0
+  with pytest.raises(ConfigError, match="control.permutations"):
+    sweep_run.run_sweep(config, str(tmp_path), quiet=True)
+  assert not os.path.exists(tmp_path / "search")
+
+
 @pytest.mark.slow
 def test_a_tiny_search_chooses_trains_once_and_reports(tmp_path):
   config = sweep_configs.get_config("smoke")

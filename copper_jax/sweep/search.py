@@ -96,7 +96,9 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
   config_utils.validate(config, [
       ("model.search.num_steps", lambda v: isinstance(v, int) and v >= 0,
        "use a number of training steps per candidate, or 0 for the sweep's own duration"),
-      ("model.search.memory_mb", lambda v: v >= 0, "use a budget in MiB, or 0 for the device's free memory")])
+      ("model.search.memory_mb", lambda v: v >= 0, "use a budget in MiB, or 0 for the device's free memory"),
+      ("control.permutations", lambda v: v >= 1, "the model search keeps candidates by their permuted-target "
+       "control: use at least 1 (2 is the default)")])
   data_root = os.path.join(work_dir, "data")
   dataset, split = prepare_training_data(config, work_dir)
   rows = []
