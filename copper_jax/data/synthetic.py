@@ -9,6 +9,10 @@ factor in Sdr), a brighter edge on convex curvature, Gaussian beam blur and Pois
 The two regions are mixed through their slopes and curvatures, never their heights, so no step (bright rim) marks a
 border, and the mean yield is equalised at every blend level, so only texture tells smoothed from rough.
 
+That copper surface differs between the regions in every cue at once; `texture` picks another surface model
+(TEXTURES) in which they differ in one cue only (frequency, contrast), in structure larger than the default
+receptive field (facets), or copper varied per image (varied). The masks are exact for every texture.
+
 Layout written by `generate(out_dir, ...)`:
   out_dir/images/<stress_time>/<name>.png   8-bit grayscale SEM image
   out_dir/masks/<stress_time>/<name>.png    8-bit, 0 = rough, 255 = smoothed (loaders read > 0 as smoothed)
