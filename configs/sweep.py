@@ -8,6 +8,9 @@ Presets (`--config=configs/sweep.py:PRESET`):
   drift  the demo with brightness and focus drifting with t on top of the real area change: the permuted-target
          control must fire (the model can read t from brightness); confounded: t carried by blur alone
          python launch/sweep.py --config=configs/sweep.py:drift --workdir=runs/drift
+  textures  the science size on another surface model, the net chosen by the data (docs/science.md):
+         python launch/sweep.py --config=configs/sweep.py:textures --workdir=runs/facets \
+           --config.data.synthetic.texture=facets --config.model.search.enabled=True
   paper  the paper as it states itself (docs/paper.md): 960x1280 images, 40/5/5 split, Adam with its defaults and
          no schedule, eq. 4 alone, 200 epochs, the net extended from the best classifier of the grid search in
          runs/grid (configs/grid_search.py:paper); meant for a GPU:
@@ -21,7 +24,7 @@ import ml_collections
 
 from copper_jax.data.prepare import data_config
 
-PRESETS = ("smoke", "demo", "drift", "confounded", "science", "paper", "recommended")
+PRESETS = ("smoke", "demo", "drift", "confounded", "science", "textures", "paper", "recommended")
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
@@ -36,6 +39,16 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   # global fraction, which is what makes the ranking of hypotheses meaningful (docs/science.md, "Why the ranking can work").
   config.model = ml_collections.ConfigDict({"c": 8, "d": 2, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
   config.model_from_grid = ""          # a grid-search workdir: model.c/d/n/N become its best classifier's
+  # The receptive field chosen by the data (copper_jax/sweep/search.py): each candidate trains the hypotheses and
+  # the permuted controls; of those whose control passed, the lowest held-out error of the best hypothesis wins.
+  config.model.search = ml_collections.ConfigDict({
+      "enabled": False,
+      # c=8 throughout; receptive fields 10, 24, 38 and 56 px
+      "points": ((8, 1, 1, 1), (8, 2, 1, 1), (8, 2, 2, 1), (8, 3, 1, 1)),
+      "num_steps": 0,                  # training steps per candidate; 0: the sweep's duration, and the chosen
+                                       # candidate's training is reused as the sweep's
+      "memory_mb": 0.0,                # skip candidates whose training step needs more (XLA's figure); 0: no limit
+  })
 
   config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)",
                        "saturating_exp(beta=3)", "sigmoid(slope=10, mid=0.5)", "learned")
@@ -108,6 +121,23 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     config.data.synthetic.size = 128
     config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
     config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")
+    config.train.batch_size = 8
+    config.train.num_steps = 250
+    config.train.checkpoint_every = 250
+    config.eval.num_overlays = 4
+  elif preset == "textures":
+    # The science size on the surface models of copper_jax/data/synthetic.py (pick one with
+    # --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks the
+    # easiest target (linear) first instead. docs/science.md's table of textures ran this preset.
+    config.data.synthetic.f_true = "sigmoid"
+    config.data.synthetic.num_labels = 8
+    config.data.synthetic.images_per_label = 8
+    config.data.synthetic.size = 128
+    config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
+    config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "sigmoid(slope=10, mid=0.5)",
+                         "step(mid=0.5)")
+    # The demo's net (24 px) and one that sees 2.3x as far (56 px): two candidates, the compute this size affords.
+    config.model.search.points = ((8, 2, 1, 1), (8, 3, 1, 1))
     config.train.batch_size = 8
     config.train.num_steps = 250
     config.train.checkpoint_every = 250

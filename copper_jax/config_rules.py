@@ -163,6 +163,17 @@ def _eval_split_problem(value, config) -> str | None:
   return None
 
 
+def _search_points_problem(value, config) -> str | None:
+  points = list(value) if isinstance(value, (tuple, list)) else None
+  if not points:
+    return "give at least one (c, d, n, N) candidate, e.g. ((8, 2, 1, 1), (8, 3, 1, 1))"
+  for p in points:
+    if (not isinstance(p, (tuple, list)) or len(p) != 4
+        or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in p)):
+      return f"{p!r} is not a candidate: each is (c, d, n, N), four whole numbers >= 1"
+  return None
+
+
 def _synthetic_labels_problem(value, config) -> str | None:
   problem = _whole(lo=0, hi=1000).problem(value, config)
   if problem:
@@ -190,6 +201,7 @@ COMMON = {
     "data.synthetic.drift_brightness": Number(lo=-0.5, hi=0.5),
     "data.synthetic.drift_blur": Number(lo=0, hi=20, unit="pixels"),
     "data.mixed_pixel_sizes": OneOf(("refuse", "allow")),
+    "data.synthetic.texture": OneOf(synthetic.TEXTURES),
     "data.synthetic.size": Custom(lambda v, c: _whole(lo=0, hi=2 ** 15).problem(v, c) or (
         "use 0 (the preset's) or at least 16 pixels" if 0 < v < 16 else None)),
     "model.c": _whole(lo=1, hi=4096),
@@ -233,6 +245,10 @@ SWEEP = {
     # 0 turns off the only check that the model reads the smoothed area and not some other cue of t.
     "control.permutations": _whole(lo=0, hi=8, unit="control members per seed"),
     "model_from_grid": Text(),
+    "model.search.enabled": Flag(),
+    "model.search.points": Custom(_search_points_problem),
+    "model.search.num_steps": _whole(lo=0, hi=_MAX_STEPS, unit="steps"),
+    "model.search.memory_mb": Number(lo=0, unit="MiB"),
     "members.chunk": _whole(lo=0, hi=_MAX_BATCH),
     "members.shard": Flag(),
     "eval.num_overlays": _whole(lo=1, hi=10_000, unit="held-out images"),
@@ -256,7 +272,9 @@ GRID = {
 
 # Keys a workdir saved before they existed may lack; the code then uses their documented default.
 OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.synthetic.fraction_jitter",
-                      "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid"})
+                      "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid",
+                      "data.synthetic.texture", "model.search.enabled", "model.search.points",
+                      "model.search.num_steps", "model.search.memory_mb"})
 
 
 def check(config, table: dict, where: str = "") -> None:

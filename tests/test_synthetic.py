@@ -187,11 +187,91 @@ def test_extreme_fractions_render():
 
 def test_launch_script(tmp_path):
   script = os.path.join(_REPO, "launch", "make_synthetic.py")
-  ok = subprocess.run([sys.executable, script, f"--out={tmp_path / 'set'}", "--preset=tiny"],
+  ok = subprocess.run([sys.executable, script, f"--out={tmp_path / 'set'}", "--preset=tiny", "--texture=contrast"],
                       capture_output=True, text=True, check=False)
   assert ok.returncode == 0, ok.stderr
-  assert (tmp_path / "set" / "manifest.json").exists()
+  with open(tmp_path / "set" / "manifest.json") as f:
+    assert json.load(f)["texture"] == "contrast"
   bad = subprocess.run([sys.executable, script, f"--out={tmp_path / 'bad'}", "--f_true=cubic"],
                        capture_output=True, text=True, check=False)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "sqrt" in bad.stderr
+
+
+def _texture_image(texture, seed, fraction=0.5, **overrides):
+  """One 128 px image of `texture` (no shading, so the ramp does not confound region statistics), with its mask."""
+  settings = dict(synthetic.PRESETS["demo"], height=128, width=128, shading=0.0, **overrides)
+  image, mask = synthetic.render_image(np.random.default_rng(seed), fraction, texture, settings)
+  return image.astype(float), mask.astype(bool)
+
+
+@pytest.mark.parametrize("texture", synthetic.TEXTURES)
+def test_every_texture_has_exact_masks_and_no_brightness_cue(tmp_path, texture):
+  manifest = synthetic.generate(tmp_path / texture, "tiny", texture=texture, seed=1, **_SMALL)
+  assert manifest["texture"] == texture
+  for label in manifest["labels"]:
+    for image in label["images"]:
+      mask = iio.imread(tmp_path / texture / "masks" / label["folder"] / image["name"])
+      assert int(np.sum(mask > 0)) == image["smoothed_pixels"]
+  # Facets: two or three grains per image, each its own shade, so one image's regions differ by chance; averaged
+  # over images they do not.
+  gaps = []
+  for seed in range(6):
+    image, smooth = _texture_image(texture, seed)
+    assert smooth.mean() == 0.5
+    gaps.append((image[smooth].mean() - image[~smooth].mean()) / image.std())
+  assert abs(np.mean(gaps)) < 0.1, (texture, gaps)
+
+
+def test_frequency_texture_differs_in_frequency_not_in_local_contrast():
+  for seed in range(3):
+    image, smooth = _texture_image("frequency", seed, noise=0.0)
+    core_smooth, core_rough = ~_near(~smooth, 4), ~_near(smooth, 4)
+    contrast = _box_mean((image - _box_mean(image, 4))**2, 4)  # local variance over 9 px
+    assert 0.6 < contrast[core_smooth].mean() / contrast[core_rough].mean() < 1.6
+    fine = (image - _box_mean(image, 1))**2  # energy above about a third of the sampling frequency
+    assert fine[core_rough].mean() > 3 * fine[core_smooth].mean()
+
+
+def test_contrast_texture_differs_in_contrast_only():
+  ratios = []
+  for seed in range(3):
+    image, smooth = _texture_image("contrast", seed, noise=0.0, blur_sigma=0.0)
+    core_smooth, core_rough = ~_near(~smooth, 4), ~_near(smooth, 4)
+    deviation = image - _box_mean(image, 4)
+    ratios.append(deviation[core_smooth].std() / deviation[core_rough].std())
+  # The same spectrum scaled by contrast_ratio (0.45): gray-level rounding adds a little to the smoothed side.
+  assert 0.35 < np.mean(ratios) < 0.6
+
+
+def test_facets_are_flat_wider_than_the_default_receptive_field():
+  image, smooth = _texture_image("facets", 0, fraction=0.0, noise=0.0, blur_sigma=0.0)
+  gy, gx = np.gradient(image)
+  flat = (np.hypot(gy, gx) < 0.5) & ~smooth
+  # the largest run of flat pixels along a row: a facet's interior with no ridge in it
+  longest = max(max((len(run) for run in "".join("1" if v else "0" for v in row).split("0")), default=0)
+                for row in flat)
+  assert longest >= 40, longest
+
+
+def test_varied_texture_draws_its_settings_per_image_and_not_per_label(tmp_path):
+  manifest = synthetic.generate(tmp_path, "tiny", texture="varied", num_labels=3, images_per_label=4,
+                                height=48, width=48)
+  images = [image for label in manifest["labels"] for image in label["images"]]
+  spacing = np.array([image["nodule_px"] for image in images])
+  noise = np.array([image["noise"] for image in images])
+  base = synthetic.PRESETS["tiny"]
+  assert np.all((spacing >= base["nodule_px"] / 1.6 - 1e-9) & (spacing <= base["nodule_px"] * 1.6 + 1e-9))
+  assert np.all((noise >= base["noise"] / 2 - 1e-9) & (noise <= base["noise"] * 2 + 1e-9))
+  # they vary within every stress time, so they tell nothing about it
+  for label in manifest["labels"]:
+    assert len({image["nodule_px"] for image in label["images"]}) == len(label["images"])
+  again = synthetic.generate(tmp_path / "again", "tiny", texture="varied", num_labels=3, images_per_label=4,
+                             height=48, width=48)
+  assert again["labels"] == manifest["labels"]
+
+
+def test_unknown_texture_is_refused_in_one_line(tmp_path):
+  with pytest.raises(ConfigError, match="texture='wood' is unknown; use one of copper, frequency"):
+    synthetic.generate(tmp_path, "tiny", texture="wood")
+  assert not os.listdir(tmp_path)

@@ -36,6 +36,7 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
   data.synthetic = ml_collections.ConfigDict()
   data.synthetic.preset = "demo"
   data.synthetic.f_true = "sqrt"
+  data.synthetic.texture = "copper"     # the surface model: copper | frequency | facets | contrast | varied
   data.synthetic.confounded = False
   data.synthetic.seed = 0
   data.synthetic.num_labels = 0         # 0: the preset's value
@@ -51,10 +52,12 @@ def data_config(split: dict) -> ml_collections.ConfigDict:
 
 def check_patch_fits(config) -> None:
   """ConfigError naming train.patch_size when it is larger than the images, read from one header (the user's
-  folder) or the synthetic preset; nothing is loaded or written, so it can run before the workdir is made."""
+  folder) or the synthetic preset, or naming an unknown synthetic texture; nothing is loaded or written, so it can
+  run before the workdir is made."""
   if config.data.root:
     height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom)
   else:
+    synthetic.check_texture(config.data.synthetic.get("texture", "copper"))
     height, width = synthetic.image_shape(config.data.synthetic.preset, **_synthetic_overrides(config.data.synthetic))
     height -= config.data.crop_bottom
   if config.train.patch_size > min(height, width):
@@ -79,9 +82,10 @@ def load_dataset(config, work_dir: str):
     # With several processes the first generates the set and the others wait for it (copper_jax.processes).
     if processes.is_primary() and not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
-      log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}) in {root}")
+      log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}, texture="
+          f"{syn.get('texture', 'copper')}) in {root}")
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
-                         **_synthetic_overrides(syn))
+                         texture=syn.get("texture", "copper"), **_synthetic_overrides(syn))
     processes.barrier("synthetic data written")
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,

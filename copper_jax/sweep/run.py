@@ -11,15 +11,16 @@ import jax
 import numpy as np
 
 from copper_jax import config_utils, determinism, members, preemption, processes
+from copper_jax import masks as masks_lib
 from copper_jax.data import sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
-from copper_jax.errors import CheckpointError
+from copper_jax.errors import CheckpointError, ConfigError
 from copper_jax.models import analysis
 from copper_jax.store import checkpoint, workdir
 from copper_jax.store import tables
 from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, read_metrics, truncate_after
 from copper_jax.sweep import program as program_lib
-from copper_jax.sweep import results
+from copper_jax.sweep import results, search
 
 SWEEP_FILE = "sweep.json"
 
@@ -114,6 +115,40 @@ def overlay_masks(sweep, states, dataset, indices, batch_size):
   return np.concatenate(masks, axis=1)
 
 
+def held_out_mask_quality(sweep, states, dataset, indices, batch_size) -> dict:
+  """Mean IoU against the true masks on held-out images, per hypothesis, of its masks as trained ("single", every
+  seed's masks pooled), averaged over the four test-time flips ("flips"), averaged over its seeds
+  ("seed_ensemble") and both ("flips_and_seeds"); and of the training-free local-std filter (`copper_jax.masks`).
+  Controls are left out: their masks answer scrambled targets."""
+  num_seeds = sweep.program.num_seeds
+  ranked = [k for k, h in enumerate(sweep.hypotheses) if not h.control]
+  counts = {(k, variant): None for k in ranked for variant in ("single", "flips", "seed_ensemble", "flips_and_seeds")}
+  baseline = None
+  for _, keep, batch in _device_batches(sweep.program, dataset, indices, batch_size, with_masks=True):
+    truth = batch["mask"][keep]
+
+    def predict(images_BxHxW):
+      placed = members.place({"image": np.ascontiguousarray(images_BxHxW)[..., None], "label": batch["label"],
+                              "weight": batch["weight"]}, sweep.program.shared_sharding)
+      return np.asarray(jax.device_get(sweep.program.predict_masks(states, sweep.member_arrays, placed)))
+
+    images = batch["image"][..., 0]
+    plain_MxBxHxW = predict(images)[:, keep]
+    flipped_MxBxHxW = masks_lib.flip_average(predict, images)[:, keep]
+    for k in ranked:
+      rows = members.hypothesis_members(k, num_seeds)
+      for variant, masks_SxBxHxW in (("single", plain_MxBxHxW[rows]), ("flips", flipped_MxBxHxW[rows]),
+                                     ("seed_ensemble", plain_MxBxHxW[rows].mean(0, keepdims=True)),
+                                     ("flips_and_seeds", flipped_MxBxHxW[rows].mean(0, keepdims=True))):
+        counts[(k, variant)] = masks_lib.add_counts(counts[(k, variant)], masks_lib.confusion(masks_SxBxHxW, truth))
+    baseline = masks_lib.add_counts(baseline, masks_lib.confusion(masks_lib.local_std_masks(images[keep]), truth))
+  per_hypothesis = {sweep.hypotheses[k].name: {variant: masks_lib.mean_iou(counts[(k, variant)])["mean_iou"]
+                                               for variant in ("single", "flips", "seed_ensemble", "flips_and_seeds")}
+                    for k in ranked}
+  return {"num_images": int(len(indices)), "local_std_filter": masks_lib.mean_iou(baseline),
+          "local_std_window_px": masks_lib.LOCAL_STD_WINDOW, "mean_iou": per_hypothesis}
+
+
 def model_from_grid(config, quiet: bool = False):
   """`config`, or a copy whose model.c/d/n/N are those of the best classifier of the grid search named by
   `config.model_from_grid`: the paper extends that baseline into its segmentation net."""
@@ -131,12 +166,19 @@ def model_from_grid(config, quiet: bool = False):
 
 def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
+  if search.enabled(config) and config.get("model_from_grid", ""):
+    raise ConfigError("config.model.search.enabled and config.model_from_grid both choose the net; set one of "
+                      "them (model_from_grid='' to search, model.search.enabled=False to take the grid's best)")
   config = model_from_grid(config, quiet)
   hyps = program_lib.validate_config(config)
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
   with workdir.locked_start(work_dir) as start:
+    if search.enabled(config):
+      # The candidates' runs are minutes of work each: kept even if a later check refuses this start.
+      start.commit()
+      config = search.choose_model(config, work_dir, run_sweep, SWEEP_FILE, quiet)
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
     workdir.check_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
@@ -161,6 +203,12 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   summary = results.summarise(
       raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
       diverged=diverged_M, dataset=dataset, receptive_field=rf)
+  if dataset.masks is not None:
+    summary["mask_quality"] = {"split": "test" if len(split.get("test", [])) else "val", **held_out_mask_quality(
+        sweep, states, dataset, held_out, config.eval.batch_size)}
+  searched = search.summary_of(work_dir) if search.enabled(config) else None
+  if searched is not None:
+    summary["model_search"] = searched
   summary["config"] = config.to_dict()
   summary["determinism"] = determinism.record()
   if processes.is_primary():  # the other processes computed the same summary (copper_jax.processes)

@@ -174,6 +174,45 @@ def _run_table(summary):
   return "<table class=\"kv\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _search_section(summary):
+  """The table of candidate nets the model search trained, and which it chose (copper_jax/sweep/search.py)."""
+  table = summary.get("model_search")
+  if not table:
+    return ""
+  rows = []
+  for r in table["points"]:
+    trained = r.get("status") == "trained"
+    ci = r.get("control_ci95") if trained else None
+    share = f"{_fmt(r['control_share'], 2)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if ci else "-"
+    state = html.escape(str(r.get("control") if trained else f"{r.get('status')}: {r.get('reason')}"))
+    rows.append(f"<tr><td>{html.escape(r['name'])}</td><td>{r['receptive_field']}</td><td>{state}</td>"
+                f"<td>{share}</td><td>{html.escape(str(r.get('best_hypothesis') or '-'))}</td>"
+                f"<td>{_fmt(r.get('best_error'), 5)}</td><td>{_fmt(r.get('best_mean_iou'), 3)}</td>"
+                f"<td>{'chosen' if r['name'] == table['chosen'] else ('kept' if r.get('kept') else 'no')}</td></tr>")
+  return ("<h2>Segmentation net chosen by the data</h2>"
+          f"<p>{html.escape(table['rule'][0].upper() + table['rule'][1:])}. Chosen: <b>{html.escape(str(table['chosen']))}"
+          f"</b> ({html.escape(table['reason'])}).</p>"
+          "<table><tr><th>candidate (c_d_n_N)</th><th>receptive field (px)</th><th>control</th><th>control share "
+          "[95%]</th><th>best fixed hypothesis</th><th>its error</th><th>its mean IoU</th><th></th></tr>"
+          + "".join(rows) + "</table>")
+
+
+def _mask_quality_section(summary):
+  """Held-out mean IoU of the masks as trained, with test-time flips, averaged over seeds, and of the local-std
+  filter that needs no training."""
+  quality = summary.get("mask_quality")
+  if not quality:
+    return ""
+  variants = ("single", "flips", "seed_ensemble", "flips_and_seeds")
+  rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(v[k], 3)}</td>" for k in variants)
+                 + "</tr>" for name, v in quality["mean_iou"].items())
+  return (f"<p>Mean IoU against the true masks on {quality['num_images']} held-out ({quality['split']}) images: "
+          f"a local standard-deviation filter ({quality['local_std_window_px']} px window, Otsu threshold per image, "
+          f"no training) scores {_fmt(quality['local_std_filter']['mean_iou'], 3)}.</p>"
+          "<table><tr><th>hypothesis</th><th>each seed's masks</th><th>test-time flips</th><th>mean over seeds"
+          "</th><th>both</th></tr>" + rows + "</table>")
+
+
 def _learned_table(summary):
   learned = summary["learned_g"]
   t = summary["labels"]["stress_times"]
@@ -400,6 +439,8 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
 <h2>Ranking with 95% intervals</h2>
 {_ranking_table(summary)}
 {baseline_text}
+{_mask_quality_section(summary)}
+{_search_section(summary)}
 {figure('ranking', 'Ranking with 95% intervals')}
 <h2>Mean mask against stress time (Figure 10)</h2>
 <p>Per hypothesis, the mean mask of each split against t, over its target curve g(t): a hypothesis the model can

@@ -1,0 +1,212 @@
+"""The segmentation net chosen by the data: which receptive field lets masks localise without reading t globally.
+
+Too small a receptive field and the net cannot recognise the texture, so the masks do not localise and the ranking
+falls to whichever target is easiest to fit; too large and it can estimate the global fraction (or any other cue of
+t) and fit any g. The permuted-target control measures the second failure on any data. So for each candidate
+(c, d, n, N) of `config.model.search.points`, within `model.search.memory_mb`, `choose_model` trains the sweep's
+hypotheses and its permuted controls (briefly, or for the full duration) in `workdir/search/<c>_<d>_<n>_<N>/`,
+keeps the candidates whose control passed, and among them picks the one whose best fixed hypothesis has the lowest
+error on the ranking split. A candidate whose sweep.json exists is finished and is not trained again.
+
+Writes workdir/search.json and search.md; the sweep's summary carries the table into sweep.json and the report.
+"""
+import copy
+import os
+import shutil
+
+from copper_jax import config_utils, members
+from copper_jax.data import sampler
+from copper_jax.data.prepare import prepare_training_data
+from copper_jax.errors import ConfigError, UserError
+from copper_jax.models import analysis
+from copper_jax.store import workdir
+from copper_jax.store.logs import log
+from copper_jax.sweep import program as program_lib
+
+SEARCH_DIR = "search"
+SEARCH_FILE = "search.json"
+AXES = ("c", "d", "n", "N")
+
+
+def enabled(config) -> bool:
+  search = config.model.get("search")
+  return bool(search is not None and search.enabled)
+
+
+def candidates(config) -> list[tuple[int, int, int, int]]:
+  """The (c, d, n, N) candidates of `config.model.search.points`, checked; duplicates dropped."""
+  points = [tuple(p) for p in config.model.search.points]
+  if not points:
+    raise ConfigError("config.model.search.points is empty: give at least one (c, d, n, N)")
+  for p in points:
+    if len(p) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in p):
+      raise ConfigError(f"config.model.search.points has {p!r}: each candidate is (c, d, n, N), four integers >= 1")
+    if config.train.patch_size < 2 ** p[1]:
+      raise ConfigError(f"config.model.search.points has d={p[1]}, which needs train.patch_size >= {2 ** p[1]}; "
+                        "drop that candidate or enlarge the patch")
+  return list(dict.fromkeys(points))
+
+
+def candidate_name(point) -> str:
+  return "_".join(str(v) for v in point)
+
+
+def candidate_config(config, point, data_root: str):
+  """The sweep config of one candidate: this model, the search's data, its training length, no report, no search."""
+  cfg = copy.deepcopy(config)
+  cfg.model.update(dict(zip(AXES, point)))
+  cfg.model.search.enabled = False
+  cfg.data.root = config.data.root or data_root
+  if config.model.search.num_steps:
+    cfg.train.num_steps, cfg.train.num_epochs = config.model.search.num_steps, 0
+  cfg.eval.report = False
+  return cfg
+
+
+def _training_memory_mb(cfg, dataset, split) -> float:
+  """XLA's figure (MiB) for one compiled training step of every member of this candidate."""
+  sweep = program_lib.build(cfg, dataset, num_train_images=len(split["train"]))
+  patches = sampler.PatchSampler(dataset, split["train"], cfg.train.patch_size, cfg.train.batch_size, seed=cfg.seed)
+  first = members.place(patches.batch(0), sweep.program.shared_sharding)
+  compiled = sweep.program.train_step.lower(sweep.program.abstract_states(), sweep.member_arrays, first).compile()
+  return config_utils.compiled_bytes(compiled) / 2 ** 20
+
+
+def _row_from_summary(row: dict, summary: dict) -> None:
+  split = summary["rank_split"]
+  fixed = [h for h in summary["hypotheses"] if h["rank"] is not None and not h["learned"]]
+  best = min(fixed, key=lambda h: h["rank"]) if fixed else None
+  control = summary["control"]
+  best_control = control.get("per_member", {}).get(control.get("best"), {})
+  quality = summary.get("mask_quality", {}).get("mean_iou", {})
+  row.update(status="trained", control=control["state"], control_share=best_control.get("explained_share"),
+             control_ci95=best_control.get("ci95"), control_bar=control.get("bar"),
+             best_hypothesis=best["name"] if best else None,
+             best_error=best["loss"][split]["mean"] if best else None, error_split=split,
+             best_mean_iou=(quality.get(best["name"], {}).get("single") if best else None),
+             local_std_mean_iou=summary.get("mask_quality", {}).get("local_std_filter", {}).get("mean_iou"))
+
+
+def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: bool = False):
+  """Trains every candidate not trained yet with `run_sweep(config, workdir, quiet)` (the sweep's own job, which
+  writes `summary_file`), writes search.json / search.md, and returns a copy of `config` whose model.c/d/n/N are
+  the chosen candidate's. When candidates train for the sweep's full duration, the chosen one's checkpoints become
+  the sweep's, so it is not trained twice. Call inside the workdir's lock."""
+  points = candidates(config)
+  config_utils.validate(config, [
+      ("model.search.num_steps", lambda v: isinstance(v, int) and v >= 0,
+       "use a number of training steps per candidate, or 0 for the sweep's own duration"),
+      ("model.search.memory_mb", lambda v: v >= 0, "use a budget in MiB, or 0 for the device's free memory"),
+      ("control.permutations", lambda v: v >= 1, "the model search keeps candidates by their permuted-target "
+       "control: use at least 1 (2 is the default)")])
+  data_root = os.path.join(work_dir, "data")
+  dataset, split = prepare_training_data(config, work_dir)
+  rows = []
+  for number, point in enumerate(points, start=1):
+    name = candidate_name(point)
+    cfg = candidate_config(config, point, data_root)
+    point_dir = os.path.join(work_dir, SEARCH_DIR, name)
+    row = {"name": name, **dict(zip(AXES, point)),
+           "receptive_field": analysis.receptive_field("segmentation", *point),
+           "train_steps": config_utils.total_steps(cfg.train, len(split["train"]))}
+    where = f"candidate {number}/{len(points)} ({name}, receptive field {row['receptive_field']} px)"
+    done = os.path.join(point_dir, summary_file)
+    if os.path.exists(done):
+      _row_from_summary(row, workdir.read_json(done, fix="delete that candidate's folder to train it again"))
+      log(f"{where}: finished earlier, control {row['control']}", quiet)
+      rows.append(row)
+      continue
+    if config.model.search.memory_mb:
+      row["memory_mb"] = round(_training_memory_mb(cfg, dataset, split), 1)
+      if row["memory_mb"] > config.model.search.memory_mb:
+        row.update(status="skipped", reason=f"needs {row['memory_mb']:g} MiB per training step > "
+                   f"model.search.memory_mb={config.model.search.memory_mb:g}")
+        log(f"{where}: skipped, {row['reason']}", quiet)
+        rows.append(row)
+        continue
+    log(f"{where}: training {row['train_steps']} steps", quiet)
+    os.makedirs(point_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(point_dir, "splits.json")):  # every candidate judged on the same images
+      with open(os.path.join(work_dir, "splits.json"), "rb") as f:
+        workdir.atomic_write_bytes(os.path.join(point_dir, "splits.json"), f.read())
+    try:
+      _row_from_summary(row, run_sweep(cfg, point_dir, quiet=True))
+    except UserError as e:  # one candidate that cannot run must not end the search; its reason goes in the table
+      row.update(status="failed", reason=str(e))
+      log(f"{where}: failed, {e}", quiet)
+    else:
+      log(f"{where}: control {row['control']}, best {row['best_hypothesis']} error {row['best_error']:.5f}", quiet)
+    rows.append(row)
+
+  table = _table(config, rows)
+  workdir.atomic_write_json(os.path.join(work_dir, SEARCH_FILE), table)
+  workdir.atomic_write_text(os.path.join(work_dir, "search.md"), markdown(table))
+  if table["chosen"] is None:
+    raise ConfigError(f"config.model.search: no candidate's permuted-target control passed (table in {work_dir}/"
+                      "search.md); add candidates with smaller receptive fields, or more held-out images or seeds "
+                      "if the controls were inconclusive")
+  chosen = next(r for r in rows if r["name"] == table["chosen"])
+  config = copy.deepcopy(config)
+  config.model.update({axis: chosen[axis] for axis in AXES})
+  if not config.model.search.num_steps:
+    _adopt_checkpoints(os.path.join(work_dir, SEARCH_DIR, chosen["name"]), work_dir)
+  log(f"model search chose {chosen['name']} (receptive field {chosen['receptive_field']} px): "
+      f"{table['reason']}", quiet)
+  return config
+
+
+def _adopt_checkpoints(point_dir: str, work_dir: str) -> None:
+  """The chosen candidate's checkpoints as the sweep's, when the sweep has none: the same config, data, split
+  and duration, so its training is the sweep's training."""
+  target = os.path.join(work_dir, "checkpoints")
+  if os.path.isdir(target) and any(name.isdigit() for name in os.listdir(target)):
+    return
+  shutil.copytree(os.path.join(point_dir, "checkpoints"), target, dirs_exist_ok=True)
+
+
+def _table(config, rows) -> dict:
+  kept = [r for r in rows if r.get("status") == "trained" and r["control"] == "passed"
+          and r["best_error"] is not None]
+  chosen = min(kept, key=lambda r: (r["best_error"], r["receptive_field"])) if kept else None
+  for r in rows:
+    r["kept"] = r in kept
+  reason = (f"of {len(kept)} candidate(s) whose permuted-target control passed, its best fixed hypothesis "
+            f"({chosen['best_hypothesis']}) has the lowest {chosen['error_split']} error, {chosen['best_error']:.5f}"
+            if chosen else "no candidate's control passed")
+  return {"points": rows, "chosen": chosen["name"] if chosen else None, "reason": reason,
+          "num_steps": int(config.model.search.num_steps), "memory_mb": config.model.search.memory_mb,
+          "rule": "keep the candidates whose permuted-target control passed; among them, the lowest held-out error "
+                  "of the best fixed hypothesis (ties: the smaller receptive field)"}
+
+
+def _fmt(value, digits=4):
+  if value is None:
+    return "-"
+  return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(table: dict) -> str:
+  lines = ["# Segmentation net chosen by the data", "", f"Rule: {table['rule']}.", "",
+           "| candidate | receptive field (px) | steps | control | control share [95%] | bar | best fixed "
+           "hypothesis | its error | its mean IoU | local-std filter IoU | kept |",
+           "|---|---:|---:|---|---|---:|---|---:|---:|---:|---|"]
+  for r in table["points"]:
+    if r.get("status") != "trained":
+      lines.append(f"| {r['name']} | {r['receptive_field']} | - | {r.get('status')}: {r.get('reason')} "
+                   "| - | - | - | - | - | - | no |")
+      continue
+    ci = r["control_ci95"]
+    share = f"{_fmt(r['control_share'], 2)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if ci else "-"
+    lines.append(f"| {r['name']} | {r['receptive_field']} | {r['train_steps']} | {r['control']} | {share} | "
+                 f"{_fmt(r['control_bar'], 2)} | {r['best_hypothesis']} | {_fmt(r['best_error'], 5)} | "
+                 f"{_fmt(r['best_mean_iou'], 3)} | {_fmt(r['local_std_mean_iou'], 3)} | "
+                 f"{'yes' if r['kept'] else 'no'} |")
+  lines += ["", f"**Chosen: {table['chosen']}**: {table['reason']}." if table["chosen"] else
+            "**No candidate chosen**: no candidate's control passed."]
+  return "\n".join(lines) + "\n"
+
+
+def summary_of(work_dir: str) -> dict | None:
+  """search.json of a sweep workdir, or None when its model was not searched."""
+  path = os.path.join(work_dir, SEARCH_FILE)
+  return workdir.read_json(path, fix="delete it and rerun the sweep to search again") if os.path.exists(path) else None
