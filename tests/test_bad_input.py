@@ -81,7 +81,7 @@ def _listing(folder):
     ("loss.binarise_weight", float("inf"), ["loss.binarise_weight", "finite"]),
     ("eval.num_overlays", 0, ["eval.num_overlays", ">= 1"]),
     ("eval.num_overlays", -1, ["eval.num_overlays"]),
-    ("eval.bootstrap", 5, ["eval.bootstrap", ">= 100"]),
+    ("control.permutations", -1, ["control.permutations", ">= 0"]),
     ("data.split", ml_collections.ConfigDict({"train": 4}), ["data.split", "held-out"]),
     ("data.split", ml_collections.ConfigDict({"train": 4, "val": 0, "test": 0}), ["data.split", "held-out"]),
     ("data.standardise", "pixel", ["data.standardise", "dataset"]),
@@ -127,9 +127,11 @@ def test_a_refusal_that_needs_the_data_leaves_no_workdir(tmp_path, data_roots):
 
 def test_one_hypothesis_is_not_called_clear_of_others():
   row = {"name": "linear", "loss": {"val": {"mean": 0.01, "ci95": [0.0, 0.02]}}}
-  verdict = results._verdict([row], "val")  # pylint: disable=protected-access
+  control = {"ran": True, "state": "passed", "text": ""}
+  evidence = {"text": "2 seeds, 32 held-out (val) images of 16 stress times"}
+  verdict = results._verdict([row], "val", {}, control, evidence)  # pylint: disable=protected-access
   assert verdict["leader"] == "linear" and not verdict["distinguishable"]
-  assert "only hypothesis" in verdict["verdict"] and "clear of" not in verdict["verdict"]
+  assert "Only linear was tried" in verdict["verdict"] and "fits best" not in verdict["verdict"]
 
 
 # --- data identity and duration: a resume or an evaluation on other data is refused ----------------------------
@@ -168,8 +170,9 @@ def test_a_duration_shorter_than_the_checkpoint_is_refused(trained):
 
 def test_evaluate_refuses_what_the_sweep_refuses(trained):
   work_dir, config = trained
-  with pytest.raises(ConfigError, match="config.eval.bootstrap=5"):
-    sweep_run.evaluate_sweep(_smoke(**{"data.root": config.data.root, "eval.bootstrap": 5}), work_dir, quiet=True)
+  with pytest.raises(ConfigError, match="config.loss.binarise_weight=inf"):
+    sweep_run.evaluate_sweep(_smoke(**{"data.root": config.data.root, "loss.binarise_weight": float("inf")}),
+                             work_dir, quiet=True)
 
 
 def test_a_missing_section_is_called_missing_not_unknown(trained, tmp_path):

@@ -39,7 +39,7 @@ def test_paper_sweep_preset_trains_two_steps_on_paper_shapes(tmp_path):
   assert config.model.dtype == "bfloat16"
   config.update({"hypotheses": ("linear", "learned"), "num_seeds": 1, "model_from_grid": ""})
   config.train.update({"log_every": 1, "checkpoint_every": 2})
-  config.eval.update({"num_overlays": 1, "bootstrap": 100, "report": False})
+  config.eval.update({"num_overlays": 1, "report": False})
   summary = sweep_run.run_sweep(config, str(tmp_path), quiet=True)
   assert summary["data"]["image_shape"] == [HEIGHT, WIDTH], summary["data"]
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:

@@ -298,7 +298,7 @@ def test_any_request_gets_one_reply_and_leaves_answer_files_whole(blind_dir, bli
 # --- the launchers themselves, as real processes ----------------------------------------------------------------
 
 LAUNCHER_KEYS = ["optim.learning_rate", "optim.b1", "optim.eps", "loss.binarise_weight", "eval.num_overlays",
-                 "eval.bootstrap", "train.batch_size", "num_seeds", "data.crop_bottom", "seed"]
+                 "control.permutations", "train.batch_size", "num_seeds", "data.crop_bottom", "seed"]
 LAUNCHER_VALUES = st.sampled_from(["nan", "inf", "-1", "0", "1", "0.5", "3", "1e-3", "abc", "''", "True"])
 
 

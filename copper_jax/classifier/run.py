@@ -89,7 +89,7 @@ def train(config, work_dir: str, dataset, split, program: ClassifierProgram, qui
   """Trains (or resumes) the classifier; returns the content of `workdir/training.json`."""
   train_idx, val_idx = split["train"], split.get("val", np.zeros(0, np.int64))
   per_image = sampler.patches_per_image(dataset.image_shape, config.train.patch_size)
-  total = config_utils.total_steps(config.train, len(train_idx), patches_per_image=per_image)
+  total = sampler.run_steps(config.train, dataset.image_shape, len(train_idx))
   per_epoch = sampler.steps_per_epoch(len(train_idx), config.train.batch_size, per_image)
   eval_every = per_epoch * config.train.eval_every_epochs
   meta = run_meta(config, dataset)
@@ -259,8 +259,7 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
     dataset, split = prepare_training_data(config, work_dir)
     workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     start.commit()
-    total = config_utils.total_steps(config.train, len(split["train"]), patches_per_image=sampler.patches_per_image(
-        dataset.image_shape, config.train.patch_size))
+    total = sampler.run_steps(config.train, dataset.image_shape, len(split["train"]))
     program = ClassifierProgram(config, dataset.num_classes, total)
     train(config, work_dir, dataset, split, program, quiet)
     state, info = restore_for_eval(config, work_dir, dataset, len(split.get("val", ())) > 0, program,

@@ -9,7 +9,7 @@ import numpy as np
 
 from copper_jax import config_utils, processes
 from copper_jax.store import workdir
-from copper_jax.data import folder, splits, synthetic
+from copper_jax.data import folder, sampler, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
 from copper_jax.store.logs import log
 
@@ -154,12 +154,12 @@ def saved_steps(work_dir: str) -> list:
   return sorted(int(n) for n in os.listdir(folder_) if n.isdigit()) if os.path.isdir(folder_) else []
 
 
-def check_duration(config, work_dir: str, split) -> None:
+def check_duration(config, work_dir: str, dataset, split) -> None:
   """A run resuming from W's checkpoints must last at least as long as they have trained."""
   steps = saved_steps(work_dir)
   if not steps:
     return
-  total = config_utils.total_steps(config.train, len(split["train"]))
+  total = sampler.run_steps(config.train, dataset.image_shape, len(split["train"]))
   if steps[-1] > total:
     key = "num_steps" if config.train.num_steps else "num_epochs"
     raise ConfigError(f"config.train.{key}={config.train[key]} gives {total} steps but {work_dir} holds a "
@@ -228,8 +228,9 @@ def prepare_training_data(config, work_dir: str):
     split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)  # only reads
   else:
     # Made in memory first, so a split that does not fit the labels is refused with nothing written.
-    split = splits.make_splits(dataset.labels, dataset.num_classes, sizes, config.seed, dataset.label_names)
-  check_duration(config, work_dir, split)
+    split = splits.make_splits(dataset.labels, dataset.num_classes, sizes, config.seed, dataset.label_names,
+                               specimens=dataset.specimens)
+  check_duration(config, work_dir, dataset, split)
   if not saved:
     split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)
   save_summary(config, work_dir, dataset, split)

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 
+from copper_jax import config_utils
 from copper_jax.data.folder import STD_EPS
 from copper_jax.errors import ConfigError, DataError
 
@@ -15,6 +16,13 @@ def patches_per_image(image_shape, patch_size: int) -> int:
   _check_positive("patch_size", patch_size)
   height, width = image_shape
   return -(-int(height) * int(width) // int(patch_size) ** 2)
+
+
+def run_steps(train_config, image_shape, num_train_images: int) -> int:
+  """A training run's number of steps: `num_steps`, or `num_epochs` epochs that each cover every training image's
+  area once in patches (`patches_per_image`). The one count training, resuming and the duration checks share."""
+  per_image = patches_per_image(image_shape, train_config.patch_size) if train_config.num_epochs else 1
+  return config_utils.total_steps(train_config, num_train_images, patches_per_image=per_image)
 
 
 def steps_per_epoch(num_images: int, batch_size: int, patches_per_image: int = 1) -> int:

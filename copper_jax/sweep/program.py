@@ -135,12 +135,7 @@ def build(config, data, hyps=None, num_train_images: int | None = None) -> Sweep
   hyps = hypotheses.expand(config.hypotheses) if hyps is None else list(hyps)
   hyps = tuple(hyps + hypotheses.permuted_controls(data.num_classes, config.control.permutations, config.seed))
   member_arrays = member_table(hyps, config.num_seeds, data.tau)
-  total = None
-  if num_train_images is not None:
-    # The image size counts only for a duration in epochs, each covering every training image's area once.
-    per_image = (sampler.patches_per_image(data.image_shape, config.train.patch_size) if config.train.num_epochs
-                 else 1)
-    total = config_utils.total_steps(config.train, num_train_images, patches_per_image=per_image)
+  total = None if num_train_images is None else sampler.run_steps(config.train, data.image_shape, num_train_images)
   program = SweepProgram(config, data.num_classes, len(member_arrays["targets"]), total)
   fingerprint, config_hash = checkpoint.config_fingerprint(config, FINGERPRINT_KEYS)
   meta = {"config_hash": config_hash, "fingerprint": fingerprint, "hypotheses": [h.name for h in hyps],

@@ -108,7 +108,7 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
     point_dir = os.path.join(work_dir, SEARCH_DIR, name)
     row = {"name": name, **dict(zip(AXES, point)),
            "receptive_field": analysis.receptive_field("segmentation", *point),
-           "train_steps": config_utils.total_steps(cfg.train, len(split["train"]))}
+           "train_steps": sampler.run_steps(cfg.train, dataset.image_shape, len(split["train"]))}
     where = f"candidate {number}/{len(points)} ({name}, receptive field {row['receptive_field']} px)"
     done = os.path.join(point_dir, summary_file)
     if os.path.exists(done):
