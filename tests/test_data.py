@@ -465,3 +465,21 @@ def test_whole_image_batches_pad_with_zero_weight(dataset):
 
 def test_user_errors_are_user_error_subclasses():
   assert issubclass(DataError, UserError) and issubclass(ConfigError, UserError)
+
+
+def test_dataset_standardisation_comes_from_the_training_images_alone(tmp_path):
+  """No statistic of a held-out image may reach the model: the pooled mean and std are the training split's."""
+  from copper_jax.data import synthetic
+  synthetic.generate(str(tmp_path / "set"), preset="tiny", seed=0)
+  dataset = load_folder(str(tmp_path / "set"), standardise="dataset")
+  split = make_splits(dataset.labels, dataset.num_classes, {"train": 4, "val": 1, "test": 1}, seed=0)
+  all_mean = float(dataset.mean[0])
+  folder.standardise_on(dataset, split["train"], "dataset")
+  train_pixels = np.concatenate([dataset.images[i].ravel() for i in split["train"]]).astype(np.float64)
+  np.testing.assert_allclose(dataset.mean, train_pixels.mean(), rtol=1e-9)
+  np.testing.assert_allclose(dataset.std, train_pixels.std(), rtol=1e-9)
+  assert float(dataset.mean[0]) != all_mean
+  per_image = load_folder(str(tmp_path / "set"), standardise="image")
+  before = per_image.mean.copy()
+  folder.standardise_on(per_image, split["train"], "image")
+  np.testing.assert_array_equal(per_image.mean, before)

@@ -586,12 +586,26 @@ def _statistics(images: list, mode: str):
   mean = np.array([im.mean(dtype=np.float64) for im in images])
   std = np.array([im.std(dtype=np.float64) for im in images])
   if mode == "dataset":
-    # all images have the same size, so the pooled moments are averages of the per-image ones
-    pooled_mean = mean.mean()
-    pooled_var = max((std ** 2 + mean ** 2).mean() - pooled_mean ** 2, 0.0)
-    mean = np.full_like(mean, pooled_mean)
-    std = np.full_like(std, math.sqrt(pooled_var))
+    pooled_mean, pooled_std = pooled_statistics(mean, std)
+    mean, std = np.full_like(mean, pooled_mean), np.full_like(std, pooled_std)
   return mean, std
+
+
+def pooled_statistics(mean_N, std_N) -> tuple[float, float]:
+  """The mean and std of all pixels of N same-sized images, from each image's own mean and std."""
+  mean_N, std_N = np.asarray(mean_N, np.float64), np.asarray(std_N, np.float64)
+  pooled_mean = float(mean_N.mean())
+  return pooled_mean, math.sqrt(max(float((std_N ** 2 + mean_N ** 2).mean()) - pooled_mean ** 2, 0.0))
+
+
+def standardise_on(dataset: SEMDataset, indices, mode: str) -> None:
+  """With `mode` "dataset", the standardisation from the images at `indices` alone (the training split), so no
+  statistic of a held-out image reaches the model; "image" standardisation is each image's own and stays."""
+  if mode != "dataset":
+    return
+  mean, std = pooled_statistics(dataset.intensity_mean[indices], dataset.intensity_std[indices])
+  dataset.mean[:] = mean
+  dataset.std[:] = std
 
 
 def _read_manifest(path):

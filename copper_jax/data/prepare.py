@@ -104,6 +104,7 @@ def prepare_data(config, work_dir: str):
   dataset = load_dataset(config, work_dir)
   check_same_data(config, work_dir, dataset)
   split = splits.load_or_make_splits(work_dir, dataset, config.data.split.to_dict(), config.seed)
+  folder.standardise_on(dataset, split["train"], config.data.standardise)
   return dataset, split
 
 
@@ -120,7 +121,7 @@ def data_identity(config, work_dir: str, dataset) -> dict:
   return {"root": shown_root, "num_files": len(dataset.paths), "files_sha256": listing.hexdigest(),
           "dtype": np.dtype(dataset.images[0].dtype).name, "image_shape": list(dataset.image_shape),
           "standardise": config.data.standardise, "crop_bottom": int(config.data.crop_bottom),
-          "pixel_mean": float(np.mean(dataset.mean)), "pixel_std": float(np.mean(dataset.std))}
+          "pixel_mean": float(np.mean(dataset.intensity_mean)), "pixel_std": float(np.mean(dataset.intensity_std))}
 
 
 _IDENTITY_WORDS = {"root": "root", "num_files": "number of files", "files_sha256": "file names or sizes",
@@ -233,6 +234,7 @@ def prepare_training_data(config, work_dir: str):
   check_duration(config, work_dir, dataset, split)
   if not saved:
     split = splits.load_or_make_splits(work_dir, dataset, sizes, config.seed)
+  folder.standardise_on(dataset, split["train"], config.data.standardise)
   save_summary(config, work_dir, dataset, split)
   return dataset, split
 
