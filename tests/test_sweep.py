@@ -151,7 +151,8 @@ def test_golden_one_step_through_the_sweeps_own_train_step():
   config.control.permutations = 0  # the controls' members are the same step on other targets
   config.model.update({"c": 4, "d": 2, "n": 1, "N": 1})
   config.train.patch_size = 16
-  data = types.SimpleNamespace(num_classes=4, tau=np.linspace(0, 1, 4), stress_times=np.arange(4.0))
+  data = types.SimpleNamespace(num_classes=4, tau=np.linspace(0, 1, 4), stress_times=np.arange(4.0),
+                               image_shape=(16, 16))
   sweep = program.build(config, data, num_train_images=8)
   states = sweep.program.init_states()
   batch = {"image": jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 1), dtype=np.float32)),

@@ -130,7 +130,7 @@ def held_out_mask_quality(sweep, states, dataset, indices, batch_size) -> dict:
     def predict(images_BxHxW):
       placed = members.place({"image": np.ascontiguousarray(images_BxHxW)[..., None], "label": batch["label"],
                               "weight": batch["weight"]}, sweep.program.shared_sharding)
-      return np.asarray(jax.device_get(sweep.program.predict_masks(states, sweep.member_arrays, placed)))
+      return np.asarray(processes.to_host(sweep.program.predict_masks(states, sweep.member_arrays, placed)))
 
     images = batch["image"][..., 0]
     plain_MxBxHxW = predict(images)[:, keep]
