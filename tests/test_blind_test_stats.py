@@ -7,13 +7,13 @@ import os
 
 import numpy as np
 import pytest
+
 import scipy.stats
 
-from configs import classifier as classifier_configs
 from copper_jax import expert_study, metrics
-from copper_jax.classifier import run as classifier
 from copper_jax.errors import UserError
 from copper_jax.store import workdir
+from tests.conftest import train_smoke_classifier
 
 NUM_LABELS = 16
 
@@ -143,13 +143,7 @@ def test_without_per_image_model_answers_there_is_no_paired_test(tmp_path):
 
 @pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory):
-  config = classifier_configs.get_config("smoke")
-  config.train.num_epochs = 1
-  config.train.eval_every_epochs = 1
-  config.eval.num_cam = 0
-  work_dir = str(tmp_path_factory.mktemp("clf"))
-  classifier.train_and_evaluate(config, work_dir, quiet=True)
-  return work_dir
+  return train_smoke_classifier(tmp_path_factory, num_epochs=1)
 
 
 def test_a_trained_classifier_keeps_its_answers_per_image_and_an_expert_is_paired_with_them(clf_dir):

@@ -12,9 +12,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from configs import classifier as classifier_configs
 from copper_jax import expert_study, metrics
-from copper_jax.classifier import run as classifier
+from tests.conftest import train_smoke_classifier
 from tests.browser import Browser, require_chromium
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,14 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory):
-  """A briefly trained classifier: its splits, images and results.json are what the blind test needs."""
-  config = classifier_configs.get_config("smoke")
-  config.train.num_epochs = 2
-  config.train.eval_every_epochs = 1
-  config.eval.num_cam = 0
-  work_dir = str(tmp_path_factory.mktemp("clf"))
-  classifier.train_and_evaluate(config, work_dir, quiet=True)
-  return work_dir
+  return train_smoke_classifier(tmp_path_factory, num_epochs=2)
 
 
 @pytest.fixture
