@@ -63,6 +63,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.loss.kind = "mse"             # mse (the paper's eq. 4) | bce | interval
   config.loss.tolerance = 0.05         # half-width of the band for `interval`
   config.loss.binarise_weight = 0.1    # weight of the s(1-s) penalty pushing pixels to 0 or 1
+  config.loss.consistency_weight = 0.0 # weight of the term asking a patch and its shifted crop for one mask; 0: off
 
   config.optim = ml_collections.ConfigDict({"learning_rate": 1e-2, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                                             "schedule": "cosine", "warmup_steps": 0})

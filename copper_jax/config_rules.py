@@ -143,6 +143,19 @@ def _patch_problem(value, config) -> str | None:
   return problem and f"{problem} (2**model.d)"
 
 
+def _consistency_problem(value, config) -> str | None:
+  # As binarise_weight: past 100 the term alone steers training, and a constant mask meets it.
+  problem = Number(lo=0, hi=100).problem(value, config)
+  if problem or value == 0:
+    return problem
+  # model.d and train.patch_size come earlier in the table, so they are already whole numbers in range here.
+  period = 2 ** config_utils.get(config, "model.d")
+  if config_utils.get(config, "train.patch_size") <= period:
+    return (f"needs train.patch_size > 2**model.d = {period} to crop a shifted patch: raise train.patch_size or "
+            "set loss.consistency_weight=0")
+  return None
+
+
 def _hypotheses_problem(value, config) -> str | None:
   del config
   specs = (value,) if isinstance(value, str) else value
@@ -240,6 +253,7 @@ SWEEP = {
     # The penalty s(1-s) is at most 0.25 a pixel and the proportion loss below 1: weights past 100 leave only the
     # penalty to learn.
     "loss.binarise_weight": Number(lo=0, hi=100),
+    "loss.consistency_weight": Custom(_consistency_problem),
     "train.checkpoint_every": _whole(lo=1, hi=_MAX_STEPS, unit="steps"),
     "members.strategy": OneOf(members.STRATEGIES),
     # 0 turns off the only check that the model reads the smoothed area and not some other cue of t.
@@ -274,7 +288,7 @@ GRID = {
 OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.synthetic.fraction_jitter",
                       "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid",
                       "data.synthetic.texture", "model.search.enabled", "model.search.points",
-                      "model.search.num_steps", "model.search.memory_mb"})
+                      "model.search.num_steps", "model.search.memory_mb", "loss.consistency_weight"})
 
 
 def check(config, table: dict, where: str = "") -> None:

@@ -49,6 +49,16 @@ def binarisation_penalty(mask_BxHxW, weight_B):
   return _weighted(jnp.mean(s * (1.0 - s), axis=(1, 2)), weight_B)
 
 
+def shift_consistency(mask_a_BxHxW, mask_b_BxHxW, weight_B):
+  """Mean squared difference per image of two masks of the same pixels (the caller aligns them).
+
+  A patch and its shifted crop show the same surface, so a net that reads local texture should mask it alike
+  wherever its pooling grid happens to fall; no label is needed for this.
+  """
+  difference = mask_a_BxHxW.astype(jnp.float32) - mask_b_BxHxW.astype(jnp.float32)
+  return _weighted(jnp.mean(jnp.square(difference), axis=(1, 2)), weight_B)
+
+
 PROPORTION_LOSSES = {"mse": proportion_mse, "bce": proportion_bce, "interval": proportion_interval}
 
 

@@ -21,6 +21,7 @@ from copper_jax.data import synthetic
 from copper_jax.data.folder import load_folder
 from copper_jax.errors import ConfigError, DataError, UserError
 from copper_jax.store import workdir
+from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import results
 from copper_jax.sweep import run as sweep_run
 
@@ -79,6 +80,7 @@ def _listing(folder):
     ("optim.b2", float("nan"), ["optim.b2"]),  # once named learning_rate
     ("optim.eps", -1.0, ["optim.eps", "> 0"]),
     ("loss.binarise_weight", float("inf"), ["loss.binarise_weight", "finite"]),
+    ("loss.consistency_weight", -1.0, ["loss.consistency_weight", ">= 0"]),
     ("eval.num_overlays", 0, ["eval.num_overlays", ">= 1"]),
     ("eval.num_overlays", -1, ["eval.num_overlays"]),
     ("control.permutations", -1, ["control.permutations", ">= 0"]),
@@ -95,6 +97,32 @@ def test_a_bad_sweep_value_is_refused_in_one_line_and_writes_nothing(tmp_path, k
   for word in words:
     assert word in _one_line(error)
   assert not work_dir.exists()
+
+
+def test_the_consistency_term_needs_a_patch_larger_than_the_pooling_period(tmp_path):
+  # smoke's model.d=1: a 2-pixel patch is allowed, but leaves no crop to shift within the pooling period.
+  with pytest.raises(ConfigError) as error:
+    sweep_run.run_sweep(_smoke(**{"train.patch_size": 2, "loss.consistency_weight": 1.0}), str(tmp_path / "w"),
+                        quiet=True)
+  assert "config.loss.consistency_weight=1.0" in _one_line(error) and "train.patch_size > 2" in _one_line(error)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_consistency_weight_of_another_type_in_a_saved_config_is_refused_in_one_line():
+  # A ConfigDict refuses a string for a float key, so such a value only arrives through a saved config.json.
+  saved = _smoke().to_dict()
+  saved["loss"]["consistency_weight"] = "x"
+  with pytest.raises(ConfigError) as error:
+    sweep_program.validate_config(ml_collections.ConfigDict(saved), "config.json")
+  assert "config.loss.consistency_weight='x'" in _one_line(error)
+
+
+def test_a_saved_config_from_before_the_consistency_term_still_loads_and_trains_without_it():
+  saved = _smoke().to_dict()
+  del saved["loss"]["consistency_weight"]
+  config = ml_collections.ConfigDict(saved)
+  sweep_program.validate_config(config, "config.json")
+  assert sweep_program.SweepProgram(config, num_labels=2, num_members=1, total_steps=None).consistency_weight == 0
 
 
 def test_power_with_an_empty_grid_no_longer_drops_the_hypothesis():

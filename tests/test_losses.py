@@ -56,3 +56,15 @@ def test_mask_confusion_counts():
   truth = jnp.asarray([[[1, 1], [0, 0]]], jnp.float32)
   counts = losses.mask_confusion(mask, truth, jnp.ones(1))
   assert {k: float(v[0]) for k, v in counts.items()} == {"tp": 1.0, "fp": 1.0, "fn": 1.0, "tn": 1.0}
+
+
+def test_shift_consistency_is_zero_for_one_mask_and_by_hand_otherwise():
+  mask, weight = _masks()
+  zero, count = losses.shift_consistency(mask, mask, weight)
+  assert float(zero) == 0.0 and float(count) == 2.0
+  other = np.asarray(mask).copy()
+  other[0, 0, :] = 0.0     # 4 of 16 pixels move by 1: mean squared difference 0.25
+  other[1, 3, 3] = 0.75    # 1 of 16 pixels moves by 0.5: 0.25 / 16
+  other[2] = 0.0           # the padded image: weight 0, however far it moves
+  total, count = losses.shift_consistency(mask, jnp.asarray(other), weight)
+  np.testing.assert_allclose([total, count], [0.25 + 0.25 / 16, 2.0], rtol=1e-6)

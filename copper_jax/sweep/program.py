@@ -81,6 +81,8 @@ class SweepProgram:
     self.seed = config.seed
     self.num_seeds = config.num_seeds
     self.patch_size = config.train.patch_size
+    # Workdirs saved before the term existed trained without it.
+    self.consistency_weight = config.loss.get("consistency_weight", 0.0)
     self.mesh = members.members_mesh(num_members) if config.members.shard else None
     self.member_sharding = members.member_sharding(self.mesh)
     self.shared_sharding = members.replicated_sharding(self.mesh)
@@ -89,7 +91,8 @@ class SweepProgram:
 
     train_one = functools.partial(
         steps.train_step, model=self.model, optimizer=self.optimizer, loss_kind=config.loss.kind,
-        tolerance=config.loss.tolerance, binarise_weight=config.loss.binarise_weight)
+        tolerance=config.loss.tolerance, binarise_weight=config.loss.binarise_weight,
+        consistency_weight=self.consistency_weight, pooling_period=2 ** self.model.d)
     eval_one = functools.partial(steps.eval_step, model=self.model)
     masks_one = lambda state, member, batch: steps.predict_masks(state, batch, model=self.model)
     lift = functools.partial(members.lift, strategy=strategy, num_members=num_members, chunk=chunk,

@@ -58,6 +58,9 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
     scalars = {f"train/loss/{name}": float(loss) for name, loss in zip(names, loss_M)}
     scalars["train/loss_mean"] = float(np.mean(loss_M))
     scalars["train/diverged_members"] = int(np.sum(metrics["diverged"]))
+    if program.consistency_weight > 0:  # runs without the term keep their metrics.jsonl as it was
+      consistency_M = metrics["consistency_sum"] / np.maximum(metrics["count"], 1.0)
+      scalars["train/consistency_mean"] = float(np.mean(consistency_M))
     writer.write(step, scalars)
     progress.set_postfix(loss=float(np.mean(loss_M)))
 

@@ -43,14 +43,40 @@ def member_targets(params, member):
   return jnp.where(member["learn_g"], learned_T, member["targets"])
 
 
+def consistency_shift(step, pooling_period: int):
+  """The shift in pixels of `step`'s consistency crop: 1, 2, ..., pooling_period - 1 in turn.
+
+  A shift by a whole pooling period moves the pooling grid onto itself, so only the shifts within one period
+  can disagree; taking them from the step keeps runs reproducible without any random state.
+  """
+  return 1 + step % (pooling_period - 1)
+
+
+def shifted_crop(x_BxPxPx, shift, size: int):
+  """x[:, shift:shift + size, shift:shift + size]: a square crop `shift` pixels down and right of the corner.
+
+  `shift` may be traced (it follows the step); `size` is static, so every step compiles to the same shapes.
+  """
+  start = (0, shift, shift) + (0,) * (x_BxPxPx.ndim - 3)
+  return jax.lax.dynamic_slice(x_BxPxPx, start, (x_BxPxPx.shape[0], size, size, *x_BxPxPx.shape[3:]))
+
+
 def train_step(state: SegState, member, batch, *, model, optimizer, loss_kind: str, tolerance: float,
-               binarise_weight: float):
+               binarise_weight: float, consistency_weight: float = 0.0, pooling_period: int = 1):
   """One optimizer step of one member on `batch` (image (B,P,P,1), label (B,)); returns (state, metrics).
+
+  With `consistency_weight` > 0 the model also masks a crop of the patches shifted within one pooling period
+  (`pooling_period` = 2**d pixels, the net's coarsest grid) and the two masks are asked to agree where they
+  overlap. At 0 that second pass is not even traced, so the step is the one without the term.
 
   Metrics are (sum, count) pairs so the host divides once. A non-finite loss leaves the state as it was and
   marks the member diverged; the other members go on.
   """
   weight_B = batch.get("weight", jnp.ones(batch["label"].shape, jnp.float32))
+  patch_size = batch["image"].shape[1]
+  if consistency_weight > 0 and not 1 < pooling_period < patch_size:
+    raise ValueError(f"the shift-consistency term needs 1 < pooling_period < patch size, got pooling_period="
+                     f"{pooling_period} and patch size {patch_size}")
 
   def loss_fn(params):
     variables = {"params": params["net"], "batch_stats": state.batch_stats}
@@ -62,10 +88,22 @@ def train_step(state: SegState, member, batch, *, model, optimizer, loss_kind: s
     else:
       loss_sum, count = losses.PROPORTION_LOSSES[loss_kind](fraction_B, target_B, weight_B)
     binarise_sum, _ = losses.binarisation_penalty(mask_BxPxP, weight_B)
-    total = (loss_sum + binarise_weight * binarise_sum) / jnp.maximum(count, 1.0)
-    return total, (updates.get("batch_stats", {}), loss_sum, count, binarise_sum)
+    penalised_sum = loss_sum + binarise_weight * binarise_sum
+    consistency_sum = jnp.zeros((), jnp.float32)
+    if consistency_weight > 0:
+      shift = consistency_shift(state.step, pooling_period)
+      # Q = P - 2**d keeps the crop inside the patch for every shift, and a multiple of 2**d when P is.
+      size = patch_size - pooling_period
+      # The norm statistics stay those of the whole patches: the crop's batch repeats most of their pixels.
+      shifted_mask_BxQxQ, _ = model.apply(variables, shifted_crop(batch["image"], shift, size), train=True,
+                                          mutable=["batch_stats"])
+      consistency_sum, _ = losses.shift_consistency(shifted_crop(mask_BxPxP, shift, size), shifted_mask_BxQxQ,
+                                                    weight_B)
+      penalised_sum = penalised_sum + consistency_weight * consistency_sum
+    total = penalised_sum / jnp.maximum(count, 1.0)
+    return total, (updates.get("batch_stats", {}), loss_sum, count, binarise_sum, consistency_sum)
 
-  (total, (batch_stats, loss_sum, count, binarise_sum)), grads = jax.value_and_grad(
+  (total, (batch_stats, loss_sum, count, binarise_sum, consistency_sum)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -77,7 +115,8 @@ def train_step(state: SegState, member, batch, *, model, optimizer, loss_kind: s
   new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(keep, new, old), new_state,
                                      state.replace(step=state.step + 1, diverged=new_state.diverged))
   metrics = {"loss_sum": loss_sum, "count": count, "binarise_sum": binarise_sum,
-             "grad_norm": optax.tree.norm(grads), "diverged": new_state.diverged}
+             "consistency_sum": consistency_sum, "grad_norm": optax.tree.norm(grads),
+             "diverged": new_state.diverged}
   return new_state, metrics
 
 
