@@ -27,9 +27,27 @@ def test_the_rule_keeps_passed_controls_and_takes_the_lowest_error():
   assert tie["chosen"] == "a"  # the smaller receptive field on a tie
   assert search._table(config, [_row("large", 56, "fired", 0.001)])["chosen"] is None
   markdown = search.markdown(search._table(config, [dict(_row("s", 10, "passed", 0.05), train_steps=5,
+                                                         patch_size=64, batch_size=8,
                                                          control_share=0.1, control_ci95=[0.0, 0.2], control_bar=0.25,
                                                          best_mean_iou=0.8, local_std_mean_iou=0.6)]))
-  assert "| s | 10 | 5 | passed | 0.10 [0.00, 0.20] | 0.25 | linear | 0.05000 | 0.800 | 0.600 | yes |" in markdown
+  assert ("| s | 10 | 64 x 8 | 5 | passed | 0.10 [0.00, 0.20] | 0.25 | linear | 0.05000 | 0.800 | 0.600 | yes |"
+          in markdown)
+
+
+@pytest.mark.parametrize("preset, image_shape, expected", [
+    # fields 24, 56, 112, 224 px: the configured 64 px patch holds the first two; the others get the smallest
+    # multiple of 2**d holding their field, at most what the images allow, with about the same pixels per step
+    ("textures", (128, 128), [(64, 8), (64, 8), (112, 3), (128, 2)]),
+    ("demo", (256, 256), [(64, 16), (64, 16), (112, 5), (224, 1)]),
+    ("demo", (200, 300), [(64, 16), (64, 16), (112, 5), (192, 2)]),
+])
+def test_each_candidate_trains_on_patches_that_hold_its_receptive_field(preset, image_shape, expected):
+  config = sweep_configs.get_config(preset)
+  points = [(8, 2, 1, 1), (8, 3, 1, 1), (8, 4, 1, 1), (8, 5, 1, 1)]
+  assert [search.candidate_patch(config, p, image_shape) for p in points] == expected
+  cfg = search.candidate_config(config, points[2], "/data", image_shape)
+  assert (cfg.model.d, cfg.train.patch_size, cfg.train.batch_size) == (4, *expected[2])
+  assert (config.train.patch_size, config.model.d) == (sweep_configs.get_config(preset).train.patch_size, 2)
 
 
 @pytest.mark.parametrize("points, words", [
@@ -80,6 +98,8 @@ def test_a_tiny_search_chooses_trains_once_and_reports(tmp_path):
   assert chosen["kept"] and chosen["control"] == "passed"
   assert summary["model_search"]["chosen"] == table["chosen"]
   assert [summary["config"]["model"][k] for k in "cdnN"] == [chosen[k] for k in "cdnN"]
+  assert [summary["config"]["train"][k] for k in ("patch_size", "batch_size")] == [chosen["patch_size"],
+                                                                                  chosen["batch_size"]]
   assert (tmp_path / "search.md").read_text().count("| 4_") == 2
   # the sweep adopted the chosen candidate's training: the same states give the same held-out errors
   with open(tmp_path / "search" / table["chosen"] / "sweep.json") as f:
@@ -103,12 +123,12 @@ def test_the_textures_preset_validates_with_every_texture_and_its_candidates():
     config.lock()
     program.validate_config(config)
     prepare.check_patch_fits(config)
-    assert [search.candidate_name(p) for p in search.candidates(config)] == ["8_2_1_1", "8_3_1_1"]
+    assert [search.candidate_name(p) for p in search.candidates(config)] == ["8_2_1_1", "8_3_1_1", "8_4_1_1"]
   config = sweep_configs.get_config("textures")
   config.data.synthetic.texture = "wood"
   with pytest.raises(ConfigError, match="texture='wood' is unknown"):
     prepare.check_patch_fits(config)
-  # the default search grid: c=8 with receptive fields 10, 24, 38 and 56 px
+  # the default search grid: c=8 with receptive fields 24, 56 and 112 px
   from copper_jax.models import analysis
   default = sweep_configs.get_config("demo")
-  assert [analysis.receptive_field("segmentation", *p) for p in search.candidates(default)] == [10, 24, 38, 56]
+  assert [analysis.receptive_field("segmentation", *p) for p in search.candidates(default)] == [24, 56, 112]

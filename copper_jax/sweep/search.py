@@ -8,6 +8,11 @@ hypotheses and its permuted controls (briefly, or for the full duration) in `wor
 keeps the candidates whose control passed, and among them picks the one whose best fixed hypothesis has the lowest
 error on the ranking split. A candidate whose sweep.json exists is finished and is not trained again.
 
+Each candidate trains on patches that hold its receptive field (`candidate_patch`): a net trained on patches
+smaller than its field has only ever seen zero padding where its outer field should be, so a wide candidate would
+be judged with a field it never learned to use, and the search could not reach the side of the trade-off where the
+field is wide enough to read t.
+
 Writes workdir/search.json and search.md; the sweep's summary carries the table into sweep.json and the report.
 """
 import copy
@@ -51,10 +56,26 @@ def candidate_name(point) -> str:
   return "_".join(str(v) for v in point)
 
 
-def candidate_config(config, point, data_root: str):
-  """The sweep config of one candidate: this model, the search's data, its training length, no report, no search."""
+def candidate_patch(config, point, image_shape) -> tuple[int, int]:
+  """(patch_size, batch_size) a candidate trains on: `train.patch_size`, raised to the smallest multiple of 2**d
+  that holds the candidate's receptive field (at most the largest that fits the images), with the batch cut so a
+  step sees about as many pixels as the configured patch and batch do (the same compute per step)."""
+  multiple = 2 ** point[1]
+  field = analysis.receptive_field("segmentation", *point)
+  largest = min(image_shape) // multiple * multiple
+  patch = max(config.train.patch_size, min(-(-field // multiple) * multiple, largest))
+  if patch == config.train.patch_size:
+    return patch, config.train.batch_size
+  pixels = config.train.batch_size * config.train.patch_size ** 2
+  return patch, max(1, round(pixels / patch ** 2))
+
+
+def candidate_config(config, point, data_root: str, image_shape):
+  """The sweep config of one candidate: this model, its patch and batch, the search's data, its training length,
+  no report, no search."""
   cfg = copy.deepcopy(config)
   cfg.model.update(dict(zip(AXES, point)))
+  cfg.train.patch_size, cfg.train.batch_size = candidate_patch(config, point, image_shape)
   cfg.model.search.enabled = False
   cfg.data.root = config.data.root or data_root
   if config.model.search.num_steps:
@@ -104,10 +125,11 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
   rows = []
   for number, point in enumerate(points, start=1):
     name = candidate_name(point)
-    cfg = candidate_config(config, point, data_root)
+    cfg = candidate_config(config, point, data_root, dataset.image_shape)
     point_dir = os.path.join(work_dir, SEARCH_DIR, name)
     row = {"name": name, **dict(zip(AXES, point)),
            "receptive_field": analysis.receptive_field("segmentation", *point),
+           "patch_size": cfg.train.patch_size, "batch_size": cfg.train.batch_size,
            "train_steps": sampler.run_steps(cfg.train, dataset.image_shape, len(split["train"]))}
     where = f"candidate {number}/{len(points)} ({name}, receptive field {row['receptive_field']} px)"
     done = os.path.join(point_dir, summary_file)
@@ -148,6 +170,7 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
   chosen = next(r for r in rows if r["name"] == table["chosen"])
   config = copy.deepcopy(config)
   config.model.update({axis: chosen[axis] for axis in AXES})
+  config.train.patch_size, config.train.batch_size = chosen["patch_size"], chosen["batch_size"]
   if not config.model.search.num_steps:
     _adopt_checkpoints(os.path.join(work_dir, SEARCH_DIR, chosen["name"]), work_dir)
   log(f"model search chose {chosen['name']} (receptive field {chosen['receptive_field']} px): "
@@ -185,19 +208,24 @@ def _fmt(value, digits=4):
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _patch(row) -> str:
+  return f"{row['patch_size']} x {row['batch_size']}" if "patch_size" in row else "-"
+
+
 def markdown(table: dict) -> str:
   lines = ["# Segmentation net chosen by the data", "", f"Rule: {table['rule']}.", "",
-           "| candidate | receptive field (px) | steps | control | control share [95%] | bar | best fixed "
-           "hypothesis | its error | its mean IoU | local-std filter IoU | kept |",
-           "|---|---:|---:|---|---|---:|---|---:|---:|---:|---|"]
+           "| candidate | receptive field (px) | patch x batch | steps | control | control share [95%] | bar | best "
+           "fixed hypothesis | its error | its mean IoU | local-std filter IoU | kept |",
+           "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---|"]
   for r in table["points"]:
     if r.get("status") != "trained":
-      lines.append(f"| {r['name']} | {r['receptive_field']} | - | {r.get('status')}: {r.get('reason')} "
-                   "| - | - | - | - | - | - | no |")
+      lines.append(f"| {r['name']} | {r['receptive_field']} | {_patch(r)} | - | {r.get('status')}: "
+                   f"{r.get('reason')} | - | - | - | - | - | - | no |")
       continue
     ci = r["control_ci95"]
     share = f"{_fmt(r['control_share'], 2)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if ci else "-"
-    lines.append(f"| {r['name']} | {r['receptive_field']} | {r['train_steps']} | {r['control']} | {share} | "
+    lines.append(f"| {r['name']} | {r['receptive_field']} | {_patch(r)} | {r['train_steps']} | {r['control']} | "
+                 f"{share} | "
                  f"{_fmt(r['control_bar'], 2)} | {r['best_hypothesis']} | {_fmt(r['best_error'], 5)} | "
                  f"{_fmt(r['best_mean_iou'], 3)} | {_fmt(r['local_std_mean_iou'], 3)} | "
                  f"{'yes' if r['kept'] else 'no'} |")

@@ -185,14 +185,17 @@ def _search_section(summary):
     ci = r.get("control_ci95") if trained else None
     share = f"{_fmt(r['control_share'], 2)} [{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]" if ci else "-"
     state = html.escape(str(r.get("control") if trained else f"{r.get('status')}: {r.get('reason')}"))
-    rows.append(f"<tr><td>{html.escape(r['name'])}</td><td>{r['receptive_field']}</td><td>{state}</td>"
+    patch = f"{r['patch_size']} x {r['batch_size']}" if "patch_size" in r else "-"
+    rows.append(f"<tr><td>{html.escape(r['name'])}</td><td>{r['receptive_field']}</td><td>{patch}</td>"
+                f"<td>{state}</td>"
                 f"<td>{share}</td><td>{html.escape(str(r.get('best_hypothesis') or '-'))}</td>"
                 f"<td>{_fmt(r.get('best_error'), 5)}</td><td>{_fmt(r.get('best_mean_iou'), 3)}</td>"
                 f"<td>{'chosen' if r['name'] == table['chosen'] else ('kept' if r.get('kept') else 'no')}</td></tr>")
   return ("<h2>Segmentation net chosen by the data</h2>"
           f"<p>{html.escape(table['rule'][0].upper() + table['rule'][1:])}. Chosen: <b>{html.escape(str(table['chosen']))}"
           f"</b> ({html.escape(table['reason'])}).</p>"
-          "<table><tr><th>candidate (c_d_n_N)</th><th>receptive field (px)</th><th>control</th><th>control share "
+          "<table><tr><th>candidate (c_d_n_N)</th><th>receptive field (px)</th><th>patch x batch</th>"
+          "<th>control</th><th>control share "
           "[95%]</th><th>best fixed hypothesis</th><th>its error</th><th>its mean IoU</th><th></th></tr>"
           + "".join(rows) + "</table>")
 
