@@ -8,7 +8,8 @@ Presets (`--config=configs/sweep.py:PRESET`):
   drift  the demo with brightness and focus drifting with t on top of the real area change: the permuted-target
          control must fire (the model can read t from brightness); confounded: t carried by blur alone
          python launch/sweep.py --config=configs/sweep.py:drift --workdir=runs/drift
-  textures  the science size on another surface model, the net chosen by the data (docs/science.md):
+  textures  the science size (128 px images, minutes) on another surface model, the net chosen by the data; the
+         README's table of textures ran the demo preset with --config.data.synthetic.texture (docs/science.md):
          python launch/sweep.py --config=configs/sweep.py:textures --workdir=runs/facets \
            --config.data.synthetic.texture=facets --config.model.search.enabled=True
   paper  the paper as it states itself (docs/paper.md): 960x1280 images, 40/5/5 split, Adam with its defaults and
@@ -131,7 +132,7 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   elif preset == "textures":
     # The science size on the surface models of copper_jax/data/synthetic.py (pick one with
     # --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks the
-    # easiest target (linear) first instead. docs/science.md's table of textures ran this preset.
+    # easiest target (linear) first instead. docs/science.md's smaller table of textures ran this preset.
     config.data.synthetic.f_true = "sigmoid"
     config.data.synthetic.num_labels = 8
     config.data.synthetic.images_per_label = 8
