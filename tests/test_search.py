@@ -88,12 +88,16 @@ def test_a_tiny_search_chooses_trains_once_and_reports(tmp_path):
   config.data.split.update({"train": 4, "val": 2, "test": 2})
   config.model.search.enabled = True
   config.model.search.points = ((4, 1, 1, 1), (4, 2, 1, 1))
+  config.train.patch_size = 16  # the second candidate's 24 px field does not fit: it trains on 24 px patches
   summary = sweep_run.run_sweep(config, str(tmp_path), quiet=True)
 
   with open(tmp_path / "search.json") as f:
     table = json.load(f)
   assert [r["name"] for r in table["points"]] == ["4_1_1_1", "4_2_1_1"]
   assert {r["receptive_field"] for r in table["points"]} == {10, 24}
+  assert [(r["patch_size"], r["batch_size"]) for r in table["points"]] == [(16, 4), (24, 2)]
+  with open(tmp_path / "search" / "4_2_1_1" / "config.json") as f:
+    assert json.load(f)["train"]["patch_size"] == 24
   chosen = next(r for r in table["points"] if r["name"] == table["chosen"])
   assert chosen["kept"] and chosen["control"] == "passed"
   assert summary["model_search"]["chosen"] == table["chosen"]
