@@ -117,33 +117,26 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     # The negative control: stress time is carried by a global blur, the smoothed fraction is the same for every
     # label. A sweep here should NOT single out a hypothesis, and its masks should not localise anything.
     config.data.synthetic.confounded = True
-  elif preset == "science":
-    # The test of the method (tests/test_science.py): small and fast, with the true f among well separated rivals.
-    config.data.synthetic.f_true = "linear"
+  elif preset in ("science", "textures"):
+    # The science size: small and fast. `science` is the test of the method (tests/test_science.py), the true f
+    # among well separated rivals. `textures` runs it on the surface models of copper_jax/data/synthetic.py (pick
+    # one with --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks
+    # the easiest target (linear) first instead. docs/science.md's smaller table of textures ran `textures`.
     config.data.synthetic.num_labels = 8
     config.data.synthetic.images_per_label = 8
     config.data.synthetic.size = 128
     config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
-    config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")
     config.train.batch_size = 8
     config.train.num_steps = 250
     config.train.checkpoint_every = 250
     config.eval.num_overlays = 4
-  elif preset == "textures":
-    # The science size on the surface models of copper_jax/data/synthetic.py (pick one with
-    # --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks the
-    # easiest target (linear) first instead. docs/science.md's smaller table of textures ran this preset.
-    config.data.synthetic.f_true = "sigmoid"
-    config.data.synthetic.num_labels = 8
-    config.data.synthetic.images_per_label = 8
-    config.data.synthetic.size = 128
-    config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
-    config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "sigmoid(slope=10, mid=0.5)",
-                         "step(mid=0.5)")
-    config.train.batch_size = 8
-    config.train.num_steps = 250
-    config.train.checkpoint_every = 250
-    config.eval.num_overlays = 4
+    if preset == "science":
+      config.data.synthetic.f_true = "linear"
+      config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")
+    else:
+      config.data.synthetic.f_true = "sigmoid"
+      config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "sigmoid(slope=10, mid=0.5)",
+                           "step(mid=0.5)")
   elif preset in ("paper", "recommended"):
     config.data.synthetic.preset = "paper"
     config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
