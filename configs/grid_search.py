@@ -19,15 +19,12 @@ The grid is the product of the value lists, or `grid.points` when given, e.g.
 """
 import ml_collections
 
-from configs import classifier
-
-PRESETS = ("smoke", "demo", "paper", "recommended")
+from configs import base, classifier
 
 
-def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r} for configs/grid_search.py; use one of {', '.join(PRESETS)}")
-  config = classifier.get_config(preset)
+def get_base() -> ml_collections.ConfigDict:
+  """The classifier's base plus the grid; the presets below are overrides of it."""
+  config = classifier.get_base()
   config.grid = ml_collections.ConfigDict()
   config.grid.c = (8, 16)              # channels
   config.grid.d = (2, 3)               # stages (poolings)
@@ -36,17 +33,28 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.grid.points = ()              # explicit (c, d, n, N) points instead of the product; () = the product
   # Device memory one step may use, from XLA's compiled memory analysis of the train and eval steps.
   config.grid.budget_mb = 1024.0
-
-  if preset == "smoke":
-    config.grid.points = ((8, 2, 1, 1), (32, 2, 2, 2))
-    config.grid.budget_mb = 20.0       # the first point needs about 4 MiB, the second about 40
-  elif preset == "demo":
-    config.train.num_epochs = 15       # 480 steps a point; at 240 most points stayed near chance
-  elif preset in ("paper", "recommended"):
-    config.grid.c = (16, 32, 64)
-    config.grid.d = (3, 4, 5)
-    config.grid.n = (1, 2)
-    config.grid.N = (1, 2)
-    # The paper's limit was one 12 GB GPU; XLA's figure counts only the step's buffers, not the CUDA context.
-    config.grid.budget_mb = 12 * 1024.0
   return config
+
+
+_PAPER_GRID = {
+    "grid.c": (16, 32, 64),
+    "grid.d": (3, 4, 5),
+    "grid.n": (1, 2),
+    "grid.N": (1, 2),
+    # The paper's limit was one 12 GB GPU; XLA's figure counts only the step's buffers, not the CUDA context.
+    "grid.budget_mb": 12 * 1024.0,
+}
+
+# Each preset is the classifier preset of the same name plus its grid.
+PRESETS = {
+    "smoke": {**classifier.PRESETS["smoke"], "grid.points": ((8, 2, 1, 1), (32, 2, 2, 2)),
+              "grid.budget_mb": 20.0},  # the first point needs about 4 MiB, the second about 40
+    # 480 steps a point; at 240 most points stayed near chance.
+    "demo": {**classifier.PRESETS["demo"], "train.num_epochs": 15},
+    "paper": {**classifier.PRESETS["paper"], **_PAPER_GRID},
+    "recommended": {**classifier.PRESETS["recommended"], **_PAPER_GRID},
+}
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+  return base.build(get_base(), preset, PRESETS, "configs/grid_search.py")

@@ -23,18 +23,17 @@ Any key can be overridden, e.g. `--config.model.c=16 --config.num_seeds=3`; miss
 """
 import ml_collections
 
-from copper_jax.data.prepare import data_config
-
-PRESETS = ("smoke", "demo", "drift", "confounded", "science", "textures", "paper", "recommended")
+from configs import base
 
 
-def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+def get_base() -> ml_collections.ConfigDict:
+  """Every key of a sweep with its default; the presets below are overrides of it."""
   config = ml_collections.ConfigDict()
-  config.preset = preset
+  config.preset = ""
   config.seed = 0
   config.deterministic = False         # XLA's deterministic GPU ops (slower); CPU runs are deterministic anyway
 
-  config.data = data_config({"train": 8, "val": 2, "test": 2})
+  config.data = base.data({"train": 8, "val": 2, "test": 2})
 
   # A small receptive field keeps the model local: it can tell smoothed from rough surface, but not estimate the
   # global fraction, which is what makes the ranking of hypotheses meaningful (docs/science.md, "Why the ranking can work").
@@ -91,71 +90,74 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
   config.eval.num_overlays = 6         # held-out images shown with their masks
   config.eval.report = True
   config.eval.classifier_workdir = ""  # a trained classifier's workdir: its CAMs and confusion join the report
+  return config
 
-  if preset == "smoke":
-    config.data.synthetic.preset = "tiny"
-    config.data.split = ml_collections.ConfigDict({"train": 4, "val": 1, "test": 1})
-    config.model.update({"c": 4, "d": 1})
-    config.hypotheses = ("linear", "power(gamma=0.5)", "learned")
-    config.num_seeds = 1
-    config.train.patch_size = 32
-    config.train.batch_size = 4
-    config.train.num_steps = 6
-    config.train.log_every = 2
-    config.train.checkpoint_every = 3
-    config.eval.num_overlays = 2
-  elif preset == "demo":
+
+# The science size: small and fast. `science` is the test of the method (tests/test_science.py), the true f among
+# well separated rivals. `textures` runs it on the surface models of copper_jax/data/synthetic.py (pick one with
+# --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks the easiest
+# target (linear) first instead. docs/science.md's smaller table of textures ran `textures`.
+_SCIENCE_SIZE = {
+    "data.synthetic.num_labels": 8,
+    "data.synthetic.images_per_label": 8,
+    "data.synthetic.size": 128,
+    "data.split": {"train": 5, "val": 2, "test": 1},
+    "train.batch_size": 8,
+    "train.num_steps": 250,
+    "train.checkpoint_every": 250,
+    "eval.num_overlays": 4,
+}
+
+# The paper's data and duration, shared by `paper` and `recommended`.
+_PAPER_SIZE = {
+    "data.synthetic.preset": "paper",
+    "data.split": {"train": 40, "val": 5, "test": 5},
+    "data.crop_bottom": 0,
+    "model.c": 32, "model.d": 3, "model.n": 2, "model.N": 1, "model.dtype": "bfloat16",
+    "num_seeds": 3,
+    "train.patch_size": 256,
+    "train.batch_size": 32,
+    "train.num_steps": 0,
+    "train.num_epochs": 200,
+    "train.log_every": 100,
+    "train.checkpoint_every": 1000,
+    "optim.learning_rate": 1e-3,
+    "eval.batch_size": 4,
+}
+
+PRESETS = {
+    "smoke": {
+        "data.synthetic.preset": "tiny",
+        "data.split": {"train": 4, "val": 1, "test": 1},
+        "model.c": 4, "model.d": 1,
+        "hypotheses": ("linear", "power(gamma=0.5)", "learned"),
+        "num_seeds": 1,
+        "train.patch_size": 32,
+        "train.batch_size": 4,
+        "train.num_steps": 6,
+        "train.log_every": 2,
+        "train.checkpoint_every": 3,
+        "eval.num_overlays": 2,
+    },
     # Fields of view of one stress time differ in their smoothed fraction, as on real samples.
-    config.data.synthetic.fraction_jitter = 0.05
-  elif preset == "drift":
+    "demo": {"data.synthetic.fraction_jitter": 0.05},
     # A session effect on top of a real area change: every stress time imaged brighter and less sharp than the one
     # before. The permuted-target control must catch a model that reads brightness or focus instead of area.
-    config.data.synthetic.fraction_jitter = 0.05
-    config.data.synthetic.drift_brightness = 0.3
-    config.data.synthetic.drift_blur = 1.0
-  elif preset == "confounded":
+    "drift": {"data.synthetic.fraction_jitter": 0.05, "data.synthetic.drift_brightness": 0.3,
+              "data.synthetic.drift_blur": 1.0},
     # The negative control: stress time is carried by a global blur, the smoothed fraction is the same for every
     # label. A sweep here should NOT single out a hypothesis, and its masks should not localise anything.
-    config.data.synthetic.confounded = True
-  elif preset in ("science", "textures"):
-    # The science size: small and fast. `science` is the test of the method (tests/test_science.py), the true f
-    # among well separated rivals. `textures` runs it on the surface models of copper_jax/data/synthetic.py (pick
-    # one with --config.data.synthetic.texture=facets), the truth a sigmoid: a net whose masks do not localise ranks
-    # the easiest target (linear) first instead. docs/science.md's smaller table of textures ran `textures`.
-    config.data.synthetic.num_labels = 8
-    config.data.synthetic.images_per_label = 8
-    config.data.synthetic.size = 128
-    config.data.split = ml_collections.ConfigDict({"train": 5, "val": 2, "test": 1})
-    config.train.batch_size = 8
-    config.train.num_steps = 250
-    config.train.checkpoint_every = 250
-    config.eval.num_overlays = 4
-    if preset == "science":
-      config.data.synthetic.f_true = "linear"
-      config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")
-    else:
-      config.data.synthetic.f_true = "sigmoid"
-      config.hypotheses = ("linear", "power(gamma=0.5)", "power(gamma=2)", "sigmoid(slope=10, mid=0.5)",
-                           "step(mid=0.5)")
-  elif preset in ("paper", "recommended"):
-    config.data.synthetic.preset = "paper"
-    config.data.split = ml_collections.ConfigDict({"train": 40, "val": 5, "test": 5})
-    config.data.crop_bottom = 0
-    config.model.update({"c": 32, "d": 3, "n": 2, "N": 1, "dtype": "bfloat16"})
-    config.num_seeds = 3
-    config.train.patch_size = 256
-    config.train.batch_size = 32
-    config.train.num_steps = 0
-    config.train.num_epochs = 200
-    config.train.log_every = 100
-    config.train.checkpoint_every = 1000
-    config.optim.learning_rate = 1e-3
-    config.eval.batch_size = 4
-    if preset == "paper":
-      config.optim.schedule = "constant"    # "Adam with its default parameterisation"
-      config.loss.binarise_weight = 0.0     # eq. 4 alone
-      # The paper extends the baseline classifier found by its grid search into the segmentation net.
-      config.model_from_grid = "runs/grid"
+    "confounded": {"data.synthetic.confounded": True},
+    "science": {**_SCIENCE_SIZE, "data.synthetic.f_true": "linear",
+                "hypotheses": ("linear", "power(gamma=0.5)", "power(gamma=2)", "log(alpha=10)", "step(mid=0.5)")},
+    "textures": {**_SCIENCE_SIZE, "data.synthetic.f_true": "sigmoid",
+                 "hypotheses": ("linear", "power(gamma=0.5)", "power(gamma=2)", "sigmoid(slope=10, mid=0.5)",
+                                "step(mid=0.5)")},
+    "paper": {**_PAPER_SIZE,
+              "optim.schedule": "constant",     # "Adam with its default parameterisation"
+              "loss.binarise_weight": 0.0,      # eq. 4 alone
+              # The paper extends the baseline classifier found by its grid search into the segmentation net.
+              "model_from_grid": "runs/grid"},
     # recommended, where it departs from the paper:
     # - model c=32 d=3 n=2 N=1 (receptive field 86 px) instead of the grid's best classifier: a net that sees far
     #   enough to estimate the global fraction can fit any monotone g, and the ranking stops telling hypotheses
@@ -163,6 +165,9 @@ def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
     # - binarise_weight 0.1: eq. 4 alone is met by a uniform gray mask of value g(t) that localises nothing;
     # - cosine decay of the learning rate (the default above), the schedule of the presets whose results
     #   docs/science.md reports; the paper's constant rate has not been tried on this net.
-  else:
-    raise ValueError(f"unknown preset {preset!r} for configs/sweep.py; use one of {', '.join(PRESETS)}")
-  return config
+    "recommended": _PAPER_SIZE,
+}
+
+
+def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
+  return base.build(get_base(), preset, PRESETS, "configs/sweep.py")

@@ -1,13 +1,17 @@
-"""Every config key a job reads, with the values it accepts: one declaration, checked before anything is written.
+"""Every config key a job reads, declared once: its rule, whether it fixes a checkpoint, what its absence means.
 
-A table maps a dotted key to a rule; `check(config, table)` walks it in order and raises a one-line ConfigError at
+A table maps a dotted key to a `Key`; `check(config, table)` walks it in order and raises a one-line ConfigError at
 the first key that is missing or out of its domain. Numbers must be finite (NaN and infinity pass every sign test,
 so a sign test alone is no check). The sweep, the classifier, the grid search, evaluation and prediction all check
-their config against the tables here, so a value the sweep refuses is refused everywhere.
+their config against the tables here, so a value the sweep refuses is refused everywhere, and nowhere else.
+Derived from the tables: each job's checkpoint fingerprint (`fingerprint_keys`) and the keys an older workdir may
+lack (`optional_keys`), which `complete` fills in where a saved config is checked.
 
-To add a key: add it to the job's table (`SWEEP`, `CLASSIFIER`, `GRID`), and to `OPTIONAL` if workdirs saved before
-the key existed must still load.
+To add a key: give it its default in the config file (configs/base.py for the shared sections), and add it to the
+job's table (`COMMON`, `SWEEP`, `CLASSIFIER`, `GRID`) as `Key(rule)`, `_fixes(rule)` when it changes what training
+computes, with `absent=` the value workdirs saved before the key existed trained with.
 """
+import contextlib
 import dataclasses
 import math
 from typing import Any, Callable
@@ -184,6 +188,30 @@ def _search_points_problem(value, config) -> str | None:
     if (not isinstance(p, (tuple, list)) or len(p) != 4
         or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in p)):
       return f"{p!r} is not a candidate: each is (c, d, n, N), four whole numbers >= 1"
+  patch = config_utils.get(config, "train.patch_size")  # checked earlier in the table
+  if config_utils.get(config, "model.search.enabled") is True:
+    for p in points:
+      if patch < 2 ** p[1]:
+        return f"has d={p[1]}, which needs train.patch_size >= {2 ** p[1]}; drop that candidate or enlarge the patch"
+  return None
+
+
+def _model_from_grid_problem(value, config) -> str | None:
+  if not isinstance(value, str):
+    return "must be a string"
+  if value and config_utils.get(config, "model.search.enabled", False) is True:
+    return ("and config.model.search.enabled both choose the net; set one of them (model_from_grid='' to search, "
+            "model.search.enabled=False to take the grid's best)")
+  return None
+
+
+def _search_enabled_problem(value, config) -> str | None:
+  problem = Flag().problem(value, config)
+  if problem or not value:
+    return problem
+  if config_utils.get(config, "control.permutations") < 1:  # checked earlier in the table
+    return ("keeps candidates by their permuted-target control: set config.control.permutations to at least 1 "
+            "(2 is the default)")
   return None
 
 
@@ -194,101 +222,161 @@ def _synthetic_labels_problem(value, config) -> str | None:
   return "a sweep or classifier needs at least 2 stress times; use 0 (the preset's) or >= 2" if value == 1 else None
 
 
-# Keys every training job reads: data, model, optimizer, duration.
+@dataclasses.dataclass(frozen=True)
+class Key:
+  """One config key's declaration: its rule, whether it fixes a checkpoint, and what its absence means.
+
+  `fixes_checkpoint`: the key changes what training computes, so it is part of the checkpoint's fingerprint and a
+  resume with another value is refused. `absent`: the value a workdir saved before the key existed trained with;
+  `REQUIRED` (the default) when every saved config has the key. The key's default lives in the config file.
+  """
+  rule: Any
+  fixes_checkpoint: bool = False
+  absent: Any = _MISSING
+
+
+REQUIRED = _MISSING
+
+
+def _fixes(rule, absent=REQUIRED) -> Key:
+  return Key(rule, fixes_checkpoint=True, absent=absent)
+
+
+def _duration_problem(value, config) -> str | None:
+  problem = _whole(lo=0, hi=1_000_000).problem(value, config)
+  if problem:
+    return problem
+  steps = config_utils.get(config, "train.num_steps")  # checked just before, so a whole number >= 0
+  if (steps > 0) == (value > 0):
+    return (f"and config.train.num_steps={steps}: set exactly one of them > 0 (the duration, stated once) and the "
+            "other to 0")
+  return None
+
+
+# Keys every training job reads: data, model, optimizer, duration. The data section is checked against the data
+# itself (data_summary.json's identity), so only the standardisation is part of the fingerprint.
 COMMON = {
-    "preset": Text(),
-    "seed": _whole(lo=0, hi=_MAX_SEED),
-    "deterministic": Flag(),
-    "data.root": Text(),
-    "data.crop_bottom": _whole(lo=0, hi=2 ** 31, unit="pixels"),
-    "data.skip_unreadable": Flag(),
-    "data.max_pixels": _whole(lo=1, hi=2 ** 40, unit="pixels"),
-    "data.standardise": OneOf(folder.STANDARDISE_MODES),
-    "data.synthetic.preset": OneOf(tuple(synthetic.PRESETS)),
-    "data.synthetic.f_true": OneOf(tuple(synthetic.F_TRUE)),
-    "data.synthetic.confounded": Flag(),
-    "data.synthetic.seed": _whole(lo=0, hi=_MAX_SEED),
-    "data.synthetic.num_labels": Custom(_synthetic_labels_problem),
-    "data.synthetic.images_per_label": _whole(lo=0, hi=100_000),
-    "data.synthetic.fraction_jitter": Number(lo=0, hi=0.25),
-    "data.synthetic.drift_brightness": Number(lo=-0.5, hi=0.5),
-    "data.synthetic.drift_blur": Number(lo=0, hi=20, unit="pixels"),
-    "data.mixed_pixel_sizes": OneOf(("refuse", "allow")),
-    "data.synthetic.texture": OneOf(synthetic.TEXTURES),
-    "data.synthetic.size": Custom(lambda v, c: _whole(lo=0, hi=2 ** 15).problem(v, c) or (
-        "use 0 (the preset's) or at least 16 pixels" if 0 < v < 16 else None)),
-    "model.c": _whole(lo=1, hi=4096),
-    "model.d": _whole(lo=1, hi=16),
-    "model.n": _whole(lo=1, hi=64),
-    "model.N": _whole(lo=1, hi=64),
-    "model.norm": OneOf(NORMS),
-    "model.dtype": OneOf(tuple(DTYPES)),
+    "preset": Key(Text()),
+    "seed": _fixes(_whole(lo=0, hi=_MAX_SEED)),
+    "deterministic": Key(Flag()),
+    "data.root": Key(Text()),
+    "data.crop_bottom": Key(_whole(lo=0, hi=2 ** 31, unit="pixels")),
+    "data.skip_unreadable": Key(Flag()),
+    "data.max_pixels": Key(_whole(lo=1, hi=2 ** 40, unit="pixels"), absent=folder.MAX_PIXELS),
+    "data.standardise": _fixes(OneOf(folder.STANDARDISE_MODES)),
+    "data.synthetic.preset": Key(OneOf(tuple(synthetic.PRESETS))),
+    "data.synthetic.f_true": Key(OneOf(tuple(synthetic.F_TRUE))),
+    "data.synthetic.confounded": Key(Flag()),
+    "data.synthetic.seed": Key(_whole(lo=0, hi=_MAX_SEED)),
+    "data.synthetic.num_labels": Key(Custom(_synthetic_labels_problem)),
+    "data.synthetic.images_per_label": Key(_whole(lo=0, hi=100_000)),
+    "data.synthetic.fraction_jitter": Key(Number(lo=0, hi=0.25), absent=0.0),
+    "data.synthetic.drift_brightness": Key(Number(lo=-0.5, hi=0.5), absent=0.0),
+    "data.synthetic.drift_blur": Key(Number(lo=0, hi=20, unit="pixels"), absent=0.0),
+    "data.mixed_pixel_sizes": Key(OneOf(("refuse", "allow")), absent="refuse"),
+    "data.synthetic.texture": Key(OneOf(synthetic.TEXTURES), absent="copper"),
+    "data.synthetic.size": Key(Custom(lambda v, c: _whole(lo=0, hi=2 ** 15).problem(v, c) or (
+        "use 0 (the preset's) or at least 16 pixels" if 0 < v < 16 else None))),
+    "model.c": _fixes(_whole(lo=1, hi=4096)),
+    "model.d": _fixes(_whole(lo=1, hi=16)),
+    "model.n": _fixes(_whole(lo=1, hi=64)),
+    "model.N": _fixes(_whole(lo=1, hi=64)),
+    "model.norm": _fixes(OneOf(NORMS)),
+    "model.dtype": _fixes(OneOf(tuple(DTYPES))),
     # Applied in float32: a larger rate (1e300) overflows to infinity. Large finite rates stay allowed, so a run
     # that diverges is stopped by the non-finite-loss check, naming the step.
-    "optim.learning_rate": Number(lo=0, hi=_FLOAT32_MAX, lo_open=True),
+    "optim.learning_rate": _fixes(Number(lo=0, hi=_FLOAT32_MAX, lo_open=True)),
     # Adam's moment decays: 1 would never forget, and 1/(1 - b**t) divides by zero.
-    "optim.b1": Number(lo=0, hi=1, hi_open=True),
-    "optim.b2": Number(lo=0, hi=1, hi_open=True),
+    "optim.b1": _fixes(Number(lo=0, hi=1, hi_open=True)),
+    "optim.b2": _fixes(Number(lo=0, hi=1, hi_open=True)),
     # eps > 0 keeps a zero gradient from giving 0/0.
-    "optim.eps": Number(lo=0, hi=1, lo_open=True),
-    "optim.schedule": OneOf(optim.SCHEDULES),
-    "optim.warmup_steps": _whole(lo=0, hi=_MAX_STEPS, unit="steps"),
-    "train.patch_size": Custom(_patch_problem),
-    "train.batch_size": _whole(lo=1, hi=_MAX_BATCH),
-    "train.num_steps": _whole(lo=0, hi=_MAX_STEPS),
-    "train.num_epochs": _whole(lo=0, hi=1_000_000),
-    "train.flips": Flag(),
-    "train.rot90": Flag(),
-    "train.log_every": _whole(lo=1, hi=_MAX_STEPS, unit="steps"),
-    "eval.batch_size": _whole(lo=1, hi=_MAX_BATCH),
+    "optim.eps": _fixes(Number(lo=0, hi=1, lo_open=True)),
+    "optim.schedule": _fixes(OneOf(optim.SCHEDULES)),
+    "optim.warmup_steps": _fixes(_whole(lo=0, hi=_MAX_STEPS, unit="steps")),
+    "train.patch_size": _fixes(Custom(_patch_problem)),
+    "train.batch_size": _fixes(_whole(lo=1, hi=_MAX_BATCH)),
+    # The duration does not fix a checkpoint: a finished run can be extended (a cosine decay then stretches).
+    "train.num_steps": Key(_whole(lo=0, hi=_MAX_STEPS)),
+    "train.num_epochs": Key(Custom(_duration_problem)),
+    "train.flips": _fixes(Flag()),
+    "train.rot90": _fixes(Flag()),
+    "train.log_every": Key(_whole(lo=1, hi=_MAX_STEPS, unit="steps")),
+    "eval.batch_size": Key(_whole(lo=1, hi=_MAX_BATCH)),
 }
+
+_SEARCH_POINTS = ((8, 2, 1, 1), (8, 3, 1, 1), (8, 4, 1, 1))
 
 SWEEP = {
     **COMMON,
-    "data.split": Custom(lambda v, c: _split_problem(v, held_out=("val", "test"))),
-    "hypotheses": Custom(_hypotheses_problem),
-    "num_seeds": _whole(lo=1),  # its upper limit is memory: check_memory names it
-    "loss.kind": OneOf(("mse", "bce", "interval")),
-    "loss.tolerance": Number(lo=0, hi=1),
+    "data.split": Key(Custom(lambda v, c: _split_problem(v, held_out=("val", "test")))),
+    "hypotheses": _fixes(Custom(_hypotheses_problem)),
+    "num_seeds": _fixes(_whole(lo=1)),  # its upper limit is memory: check_memory names it
+    "loss.kind": _fixes(OneOf(("mse", "bce", "interval"))),
+    "loss.tolerance": _fixes(Number(lo=0, hi=1)),
     # The penalty s(1-s) is at most 0.25 a pixel and the proportion loss below 1: weights past 100 leave only the
     # penalty to learn.
-    "loss.binarise_weight": Number(lo=0, hi=100),
-    "loss.consistency_weight": Custom(_consistency_problem),
-    "train.checkpoint_every": _whole(lo=1, hi=_MAX_STEPS, unit="steps"),
-    "members.strategy": OneOf(members.STRATEGIES),
+    "loss.binarise_weight": _fixes(Number(lo=0, hi=100)),
+    "loss.consistency_weight": _fixes(Custom(_consistency_problem), absent=0.0),
+    "train.checkpoint_every": Key(_whole(lo=1, hi=_MAX_STEPS, unit="steps")),
+    "members.strategy": Key(OneOf(members.STRATEGIES)),
     # 0 turns off the only check that the model reads the smoothed area and not some other cue of t.
-    "control.permutations": _whole(lo=0, hi=8, unit="control members per seed"),
-    "model_from_grid": Text(),
-    "model.search.enabled": Flag(),
-    "model.search.points": Custom(_search_points_problem),
-    "model.search.num_steps": _whole(lo=0, hi=_MAX_STEPS, unit="steps"),
-    "model.search.memory_mb": Number(lo=0, unit="MiB"),
-    "members.chunk": _whole(lo=0, hi=_MAX_BATCH),
-    "members.shard": Flag(),
-    "eval.num_overlays": _whole(lo=1, hi=10_000, unit="held-out images"),
-    "eval.report": Flag(),
-    "eval.classifier_workdir": Text(),
+    "control.permutations": _fixes(_whole(lo=0, hi=8, unit="control members per seed")),
+    # Where the net comes from does not fix a checkpoint: what it chose (model.*) does.
+    "model_from_grid": Key(Custom(_model_from_grid_problem), absent=""),
+    "model.search.enabled": Key(Custom(_search_enabled_problem), absent=False),
+    "model.search.points": Key(Custom(_search_points_problem), absent=_SEARCH_POINTS),
+    "model.search.num_steps": Key(_whole(lo=0, hi=_MAX_STEPS, unit="steps"), absent=0),
+    "model.search.memory_mb": Key(Number(lo=0, unit="MiB"), absent=0.0),
+    "members.chunk": Key(_whole(lo=0, hi=_MAX_BATCH)),
+    "members.shard": Key(Flag()),
+    "eval.num_overlays": Key(_whole(lo=1, hi=10_000, unit="held-out images")),
+    "eval.report": Key(Flag()),
+    "eval.classifier_workdir": Key(Text()),
 }
 
 CLASSIFIER = {
     **COMMON,
-    "data.split": Custom(lambda v, c: _split_problem(v, held_out=())),
-    "train.eval_every_epochs": _whole(lo=1, hi=1_000_000, unit="epochs"),
-    "eval.split": Custom(_eval_split_problem),
-    "eval.checkpoint": OneOf(("best", "latest")),
-    "eval.num_cam": _whole(lo=0, hi=10_000),
+    "data.split": Key(Custom(lambda v, c: _split_problem(v, held_out=()))),
+    "train.eval_every_epochs": Key(_whole(lo=1, hi=1_000_000, unit="epochs")),
+    "eval.split": Key(Custom(_eval_split_problem)),
+    "eval.checkpoint": Key(OneOf(("best", "latest"))),
+    "eval.num_cam": Key(_whole(lo=0, hi=10_000)),
 }
 
 GRID = {
     **CLASSIFIER,
-    "grid.budget_mb": Number(lo=0, lo_open=True, unit="MiB"),
+    "grid.budget_mb": Key(Number(lo=0, lo_open=True, unit="MiB")),
 }
 
-# Keys a workdir saved before they existed may lack; the code then uses their documented default.
-OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.synthetic.fraction_jitter",
-                      "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid",
-                      "data.synthetic.texture", "model.search.enabled", "model.search.points",
-                      "model.search.num_steps", "model.search.memory_mb", "loss.consistency_weight"})
+
+def fingerprint_keys(table: dict) -> list[str]:
+  """The keys of `table` that fix a checkpoint, in the table's order."""
+  return [key for key, declared in table.items() if declared.fixes_checkpoint]
+
+
+def optional_keys(table: dict) -> frozenset:
+  """The keys of `table` that a workdir saved before they existed may lack."""
+  return frozenset(key for key, declared in table.items() if declared.absent is not REQUIRED)
+
+
+# Keys a workdir saved before they existed may lack; `complete` gives them the value such a workdir trained with.
+OPTIONAL = optional_keys(SWEEP) | optional_keys(GRID)
+
+
+def complete(config, table: dict) -> None:
+  """Fills in place every key of `table` that `config` (e.g. an older workdir's config.json) lacks and that has an
+  `absent` value, so code reads `config.loss.consistency_weight` and never needs a fallback."""
+  for key, declared in table.items():
+    if declared.absent is REQUIRED or config_utils.get(config, key, _MISSING) is not _MISSING:
+      continue
+    *parents, leaf = key.split(".")
+    node = config
+    with config.unlocked() if isinstance(config, ml_collections.ConfigDict) else contextlib.nullcontext():
+      for part in parents:
+        if part not in node:
+          node[part] = ml_collections.ConfigDict()
+        node = node[part]
+      node[leaf] = declared.absent
 
 
 def check(config, table: dict, where: str = "") -> None:
@@ -296,11 +384,10 @@ def check(config, table: dict, where: str = "") -> None:
 
   `where` names the config's source in messages (e.g. "runs/x/config.json"); the command-line config by default.
   """
-  for key, rule in table.items():
+  for key, declared in table.items():
+    rule = declared.rule
     value = config_utils.get(config, key, _MISSING)
     if value is _MISSING:
-      if key in OPTIONAL:
-        continue
       source = f" from {where}" if where else ""
       raise ConfigError(f"config.{key} is missing{source}: add it (see the config file for its default)")
     if isinstance(value, ml_collections.FieldReference):

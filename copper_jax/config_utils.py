@@ -1,13 +1,13 @@
 """Config helpers that fail early, with one-line messages naming the key and the fix.
 
 Config files return `ml_collections.ConfigDict`s and launchers lock them, so misspelt command-line overrides
-already fail; these helpers cover what locking cannot: values that are present but wrong, configs reloaded from a
-workdir, the training duration and a canonical JSON form for hashing.
+already fail; these helpers cover what locking cannot: dotted look-ups, configs reloaded from a workdir, the training duration and a
+canonical JSON form for hashing. Each key's rule is in `config_rules`.
 """
 import difflib
 import json
 import math
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -15,9 +15,6 @@ import numpy as np
 from copper_jax.errors import ConfigError, DataError
 
 _MISSING = object()
-
-Rule = tuple[str, Callable[[Any], bool], str]
-
 
 def get(config, dotted_key: str, default: Any = _MISSING) -> Any:
   """Value of `dotted_key` (e.g. "model.channels") in a ConfigDict or dict; `default` if given and missing."""
@@ -82,21 +79,6 @@ def check_keys(config, reference) -> None:
       raise ConfigError(f"config.{key} is missing: add it (the default config has {want[key]!r})")
 
 
-def validate(config, rules: list[Rule]) -> None:
-  """Checks (dotted_key, predicate, message) rules in order; the first failing one raises ConfigError.
-
-  A predicate that raises (e.g. comparing None with a number) counts as failing.
-  """
-  for key, predicate, message in rules:
-    value = get(config, key)
-    try:
-      ok = bool(predicate(value))
-    except Exception:  # pylint: disable=broad-except
-      ok = False
-    if not ok:
-      raise ConfigError(f"config.{key}={value!r}: {message}")
-
-
 def _count(train_config, name: str, prefix: str) -> int:
   value = train_config.get(name, 0)
   if value is None:
@@ -128,45 +110,3 @@ def total_steps(train_config, num_train_images: int, prefix: str = "train.", pat
     raise DataError(f"no training images (num_train_images={num_train_images}) to count epochs over: "
                     "point the data config at a folder with images")
   return num_epochs * math.ceil(num_train_images * int(patches_per_image) / int(batch_size))
-
-
-def compiled_bytes(compiled) -> int:
-  """Device bytes a compiled XLA program holds while it runs, from its memory analysis.
-
-  Arguments + outputs - aliased (donated) buffers + temporaries; `peak_memory_in_bytes` is not filled in by every
-  backend (XLA's CPU backend reports the arguments only).
-  """
-  stats = compiled.memory_analysis()
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-             + stats.temp_size_in_bytes)
-
-
-def available_memory_bytes(device=None) -> int | None:
-  """Bytes `device` (default: this process's first device) can still allocate, or None when nothing says.
-
-  An accelerator's allocator reports its limit and use; XLA's CPU backend reports nothing, and then the host's
-  available memory (MemAvailable in /proc/meminfo, which counts reclaimable caches; Linux only) is the figure.
-  """
-  if device is None:
-    import jax  # pylint: disable=import-outside-toplevel
-    device = jax.local_devices()[0]  # another process's device cannot report its memory
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  if stats and "bytes_limit" in stats:
-    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-  try:
-    with open("/proc/meminfo", encoding="ascii") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass  # not Linux: no figure, so no check
-  return None
-
-
-def check_memory(key: str, value: Any, needed_bytes: int, available_bytes: int | None, fix: str) -> None:
-  """ConfigError naming `key` when `needed_bytes` exceed `available_bytes` (no check when that is None)."""
-  if available_bytes is None or needed_bytes <= available_bytes:
-    return
-  gib = 2.0 ** 30
-  raise ConfigError(f"config.{key}={value!r}: needs about {needed_bytes / gib:.3g} GiB of device memory but "
-                    f"{available_bytes / gib:.3g} GiB are available; {fix}")

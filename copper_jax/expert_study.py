@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-from copper_jax import metrics
+from copper_jax import config_rules, metrics
 from copper_jax.data import prepare
 from copper_jax.errors import UserError
 from copper_jax.store import tables, workdir
@@ -81,6 +81,7 @@ class BlindTest:
     check_practice(practice_per_label)
     self.work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(self.work_dir)
+    config_rules.complete(config, config_rules.COMMON)  # an older workdir's data keys
     self.seed = int(config.seed)
     dataset, split = prepare.prepare_data(config, self.work_dir)
     if len(split.get("test", ())) == 0:

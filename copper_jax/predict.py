@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import config_utils, members, samples
+from copper_jax import device_memory, members, samples
 from copper_jax.classifier import program as classifier_program
 from copper_jax.data import folder, prepare, sem_metadata
 from copper_jax.errors import CheckpointError, ConfigError, UserError
@@ -206,8 +206,8 @@ class SweepPredictor:
     if self.tile or not self.fallback_tile:
       return self.tile
     shape = (1, -(-height // self.multiple) * self.multiple, -(-width // self.multiple) * self.multiple, 1)
-    available = config_utils.available_memory_bytes()
-    if available is None or config_utils.compiled_bytes(self._executable(shape)) <= available:
+    available = device_memory.available_memory_bytes()
+    if available is None or device_memory.compiled_bytes(self._executable(shape)) <= available:
       return 0
     del self._compiled[shape]
     return self.fallback_tile

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from copper_jax import config_utils
+from copper_jax import config_utils, device_memory
 from copper_jax.errors import ConfigError
 from tests.reliability_helpers import ROOT, launcher_env
 
@@ -78,19 +78,19 @@ def test_bad_config_fails_in_one_line_naming_the_key_and_writes_nothing(outcomes
 
 
 def test_memory_check_names_the_key_and_the_figures():
-  config_utils.check_memory("num_seeds", 3, needed_bytes=2 ** 30, available_bytes=2 ** 31, fix="unused")
-  config_utils.check_memory("num_seeds", 3, needed_bytes=2 ** 40, available_bytes=None, fix="unused")  # unknown
+  device_memory.check_memory("num_seeds", 3, needed_bytes=2 ** 30, available_bytes=2 ** 31, fix="unused")
+  device_memory.check_memory("num_seeds", 3, needed_bytes=2 ** 40, available_bytes=None, fix="unused")  # unknown
   with pytest.raises(ConfigError, match=r"config.num_seeds=3: needs about 4 GiB .* but 2 GiB are available; "
                                         r"lower num_seeds"):
-    config_utils.check_memory("num_seeds", 3, needed_bytes=2 ** 32, available_bytes=2 ** 31, fix="lower num_seeds")
+    device_memory.check_memory("num_seeds", 3, needed_bytes=2 ** 32, available_bytes=2 ** 31, fix="lower num_seeds")
 
 
 def test_memory_figures_come_from_the_device_and_xla():
-  available = config_utils.available_memory_bytes()
+  available = device_memory.available_memory_bytes()
   assert available is None or available > 0
   # x * 2 on 1000 float32 values: 4000 bytes in, 4000 bytes out, nothing donated.
   compiled = jax.jit(lambda x: x * 2).lower(jax.ShapeDtypeStruct((1000,), jnp.float32)).compile()
-  assert config_utils.compiled_bytes(compiled) >= 8000
+  assert device_memory.compiled_bytes(compiled) >= 8000
 
 
 @pytest.mark.parametrize("name, table", [("sweep", "SWEEP"), ("classifier", "CLASSIFIER"), ("grid_search", "GRID")])

@@ -26,24 +26,6 @@ def test_get_walks_dotted_keys():
     config_utils.get(config, "model.width")
 
 
-def test_validate_raises_on_the_first_failing_rule():
-  rules = [
-      ("model.channels", lambda v: v > 0, "must be > 0"),
-      ("train.batch_size", lambda v: v % 2 == 0, "must be even"),
-      ("train.lr", lambda v: 0 < v < 1, "must be in (0, 1)"),
-  ]
-  config = _config()
-  config_utils.validate(config, rules)
-  config.train.batch_size = 7
-  config.train.lr = 5.0
-  with pytest.raises(ConfigError) as info:
-    config_utils.validate(config, rules)
-  assert str(info.value) == "config.train.batch_size=7: must be even"
-  config.model.channels = None  # A predicate that raises counts as failing.
-  with pytest.raises(ConfigError, match=r"^config.model.channels=None: must be > 0$"):
-    config_utils.validate(config, rules)
-
-
 def test_check_keys_names_unknown_and_missing_keys():
   reference = _config()
   config_utils.check_keys(_config(), reference)

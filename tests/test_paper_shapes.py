@@ -14,7 +14,7 @@ import pytest
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
-from copper_jax import config_utils, hypotheses, members
+from copper_jax import device_memory, hypotheses, members
 from copper_jax.classifier import run as classifier_run
 from copper_jax.data import synthetic
 from copper_jax.sweep import program as sweep_program
@@ -74,7 +74,7 @@ def test_xla_memory_figure_of_the_full_paper_sweep_step(tmp_path):
                 "label": jax.ShapeDtypeStruct((batch,), np.int32), "tau": jax.ShapeDtypeStruct((batch,), np.float32),
                 "index": jax.ShapeDtypeStruct((batch,), np.int32)}
   compiled = program.train_step.lower(program.abstract_states(), member_arrays, batch_spec).compile()
-  total = config_utils.compiled_bytes(compiled)
+  total = device_memory.compiled_bytes(compiled)
   figure = {"members": len(member_arrays["targets"]), "strategy": "vmap", "backend": jax.default_backend(),
             "bytes": total, "gib": round(total / 2 ** 30, 2)}
   (tmp_path / "paper_sweep_memory.json").write_text(json.dumps(figure))

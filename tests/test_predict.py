@@ -191,7 +191,7 @@ def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
 
 
 def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp_path, monkeypatch):
-  from copper_jax import config_utils
+  from copper_jax import device_memory
   work_dir, _ = smoke
   files, _ = _test_files(work_dir)
   monkeypatch.setattr(predict, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
@@ -205,7 +205,7 @@ def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp
   height, width = pixels.shape[0] - predictor.reader.crop_bottom, pixels.shape[1]
   assert predictor.tile == 0 and predictor.tile_for(height, width) == 0
   whole = predictor.mask(pixels)
-  monkeypatch.setattr(config_utils, "available_memory_bytes", lambda device=None: 1024)
+  monkeypatch.setattr(device_memory, "available_memory_bytes", lambda device=None: 1024)
   tile = predictor.tile_for(height, width)
   assert 0 < tile < min(height, width) and tile == 2 * predictor.margin + predictor.multiple
   tiled = predictor.mask(pixels)

@@ -6,6 +6,7 @@ import pytest
 
 from configs import sweep as sweep_configs
 from copper_jax.errors import ConfigError
+from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep_run
 from copper_jax.sweep import search
 
@@ -51,16 +52,17 @@ def test_each_candidate_trains_on_patches_that_hold_its_receptive_field(preset, 
 
 
 @pytest.mark.parametrize("points, words", [
-    ((), "is empty"),
-    (((8, 2, 1),), "four integers"),
-    (((8, 0, 1, 1),), "four integers"),
+    ((), "give at least one"),
+    (((8, 2, 1),), "four whole numbers"),
+    (((8, 0, 1, 1),), "four whole numbers"),
     (((8, 7, 1, 1),), "train.patch_size >= 128"),
 ])
 def test_bad_candidates_are_named(points, words):
   config = sweep_configs.get_config("textures")
+  config.model.search.enabled = True
   config.model.search.points = points
-  with pytest.raises(ConfigError, match=words):
-    search.candidates(config)
+  with pytest.raises(ConfigError, match=f"config.model.search.points.*{words}"):
+    sweep_program.validate_config(config)
 
 
 def test_search_and_model_from_grid_cannot_both_choose_the_net(tmp_path):

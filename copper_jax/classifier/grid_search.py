@@ -9,7 +9,6 @@ Outputs: grid.csv, grid.json and grid.md (ranked by validation accuracy, best na
 import csv
 import io
 import itertools
-import json
 import os
 
 import jax

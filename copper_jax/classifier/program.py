@@ -8,7 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from copper_jax import config_rules, config_utils, optim
+from copper_jax import config_rules, device_memory, optim
 from copper_jax.classifier import steps
 from copper_jax.errors import UserError
 from copper_jax.models import analysis, make_model
@@ -16,10 +16,7 @@ from copper_jax.store import checkpoint
 
 # Config entries that fix the meaning of a checkpoint. The duration is not among them, so a finished run can be
 # extended (with a cosine schedule that also stretches the decay).
-FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "model.dtype", "seed",
-                    "optim.learning_rate", "optim.b1", "optim.b2", "optim.eps", "optim.schedule",
-                    "optim.warmup_steps", "train.patch_size", "train.batch_size", "train.flips", "train.rot90",
-                    "data.standardise"]
+FINGERPRINT_KEYS = config_rules.fingerprint_keys(config_rules.CLASSIFIER)
 CHECKPOINTS = "checkpoints"
 # Validation accuracy, with ties (frequent with few validation images) going to the lower validation loss; the
 # loss term is far below one image's share of accuracy.
@@ -35,8 +32,9 @@ def best_score(val_accuracy: float, val_loss: float) -> float:
 def validate_config(config, where: str = "", table=None) -> None:
   """Fails before any data is read or anything compiles, naming the key (rules: `config_rules.CLASSIFIER`, or
   `table`); `where` names a saved config in messages."""
-  config_rules.check(config, config_rules.CLASSIFIER if table is None else table, where)
-  config_utils.total_steps(config.train, 1)
+  table = config_rules.CLASSIFIER if table is None else table
+  config_rules.complete(config, table)
+  config_rules.check(config, table, where)
 
 
 class ClassifierProgram:
@@ -69,15 +67,15 @@ class ClassifierProgram:
 
   def memory_analysis(self, eval_batch_size: int, image_shape) -> dict:
     """Device bytes of one train step (patches) and one eval step (whole images), from XLA's compiled analysis
-    (`config_utils.compiled_bytes`)."""
+    (`device_memory.compiled_bytes`)."""
     state = self.abstract_state()
     patch = {"image": jax.ShapeDtypeStruct((self.batch_size, self.patch_size, self.patch_size, 1), jnp.float32),
              "label": jax.ShapeDtypeStruct((self.batch_size,), jnp.int32)}
     whole = {"image": jax.ShapeDtypeStruct((eval_batch_size, *image_shape, 1), jnp.float32),
              "label": jax.ShapeDtypeStruct((eval_batch_size,), jnp.int32),
              "weight": jax.ShapeDtypeStruct((eval_batch_size,), jnp.float32)}
-    out = {"train_bytes": config_utils.compiled_bytes(self.train_step.lower(state, patch).compile()),
-           "eval_bytes": config_utils.compiled_bytes(self.eval_step.lower(state, whole).compile())}
+    out = {"train_bytes": device_memory.compiled_bytes(self.train_step.lower(state, patch).compile()),
+           "eval_bytes": device_memory.compiled_bytes(self.eval_step.lower(state, whole).compile())}
     out["peak_bytes"] = max(out["train_bytes"], out["eval_bytes"])
     return out
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import config_utils, metrics, preemption
-from copper_jax.classifier.program import (BEST_METRIC, FINGERPRINT_KEYS, ClassifierProgram, best_score,
+from copper_jax import config_rules, metrics, preemption, run_config
+from copper_jax.classifier.program import (BEST_METRIC, ClassifierProgram, best_score,
                                            checkpointer, restore_for_eval, run_meta, validate_config)
 from copper_jax.data import sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
@@ -255,9 +255,9 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   check_patch_fits(config)
   with workdir.locked_start(work_dir) as start:
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
-    workdir.check_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
+    run_config.check_resume(work_dir, config, config_rules.CLASSIFIER, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)
-    workdir.save_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
+    run_config.save(work_dir, config, config_rules.CLASSIFIER, "another classifier")
     start.commit()
     total = sampler.run_steps(config.train, dataset.image_shape, len(split["train"]))
     program = ClassifierProgram(config, dataset.num_classes, total)

@@ -1,53 +1,18 @@
-"""The `data` section every job's config shares, and turning it into a dataset and its saved split."""
+"""Turning a config's `data` section into a dataset and its saved split."""
 import dataclasses
 import hashlib
 import json
 import os
 
-import ml_collections
 import numpy as np
 
-from copper_jax import config_utils, processes
+from copper_jax import processes
 from copper_jax.store import workdir
 from copper_jax.data import folder, sampler, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
 from copper_jax.store.logs import log
 
 SUMMARY_FILE = "data_summary.json"
-
-
-def data_config(split: dict) -> ml_collections.ConfigDict:
-  """The default `config.data`: the user's folder of SEM images, or a generated synthetic set.
-
-  `split` is the per-label split, counts (e.g. {"train": 40, "val": 5, "test": 5}) or fractions.
-  """
-  data = ml_collections.ConfigDict()
-  data.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
-  data.crop_bottom = 0          # pixels of SEM info bar to remove
-  data.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
-  data.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
-  # "refuse": stop when the images' metadata give different pixel sizes (magnifications); "allow": warn only.
-  data.mixed_pixel_sizes = "refuse"
-  # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
-  # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by
-  # a function of f(t), a global cue a local model could read (docs/science.md, "Why the ranking can work").
-  data.standardise = "dataset"
-  data.split = ml_collections.ConfigDict(split)
-  data.synthetic = ml_collections.ConfigDict()
-  data.synthetic.preset = "demo"
-  data.synthetic.f_true = "sqrt"
-  data.synthetic.texture = "copper"     # the surface model: copper | frequency | facets | contrast | varied
-  data.synthetic.confounded = False
-  data.synthetic.seed = 0
-  data.synthetic.num_labels = 0         # 0: the preset's value
-  data.synthetic.images_per_label = 0   # 0: the preset's value
-  data.synthetic.size = 0               # image height and width in pixels; 0: the preset's value
-  # Bends of the method's assumption (docs/science.md): each field of view's fraction scattered around f(t), and a
-  # brightness (relative) and defocus (pixels of blur) drift growing with t on top of the real area change.
-  data.synthetic.fraction_jitter = 0.0
-  data.synthetic.drift_brightness = 0.0
-  data.synthetic.drift_blur = 0.0
-  return data
 
 
 def check_patch_fits(config) -> None:
@@ -57,7 +22,7 @@ def check_patch_fits(config) -> None:
   if config.data.root:
     height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom)
   else:
-    synthetic.check_texture(config.data.synthetic.get("texture", "copper"))
+    synthetic.check_texture(config.data.synthetic.texture)
     height, width = synthetic.image_shape(config.data.synthetic.preset, **_synthetic_overrides(config.data.synthetic))
     height -= config.data.crop_bottom
   if config.train.patch_size > min(height, width):
@@ -68,7 +33,7 @@ def check_patch_fits(config) -> None:
 def _synthetic_overrides(syn) -> dict:
   """The synthetic set's size settings that differ from its preset."""
   overrides = {k: syn[k] for k in ("num_labels", "images_per_label") if syn[k] > 0}
-  overrides.update({k: syn[k] for k in ("fraction_jitter", "drift_brightness", "drift_blur") if k in syn})
+  overrides.update({k: syn[k] for k in ("fraction_jitter", "drift_brightness", "drift_blur")})
   if syn.size > 0:
     overrides.update(height=syn.size, width=syn.size)
   return overrides
@@ -83,15 +48,13 @@ def load_dataset(config, work_dir: str):
     if processes.is_primary() and not os.path.exists(os.path.join(root, "manifest.json")):
       syn = config.data.synthetic
       log(f"no data.root given: generating the synthetic '{syn.preset}' set (f_true={syn.f_true}, texture="
-          f"{syn.get('texture', 'copper')}) in {root}")
+          f"{syn.texture}) in {root}")
       synthetic.generate(root, preset=syn.preset, f_true=syn.f_true, seed=syn.seed, confounded=syn.confounded,
-                         texture=syn.get("texture", "copper"), **_synthetic_overrides(syn))
+                         texture=syn.texture, **_synthetic_overrides(syn))
     processes.barrier("synthetic data written")
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
-                               # workdirs saved before the key existed hold no limit of their own
-                               max_pixels=config.data.get("max_pixels", folder.MAX_PIXELS),
-                               mixed_pixel_sizes=config.data.get("mixed_pixel_sizes", "refuse"))
+                               max_pixels=config.data.max_pixels, mixed_pixel_sizes=config.data.mixed_pixel_sizes)
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")

@@ -336,10 +336,15 @@ class Checkpointer:
     saved_fp = meta.get("fingerprint") or {}
     now_fp = json.loads(json.dumps(expected_meta.get("fingerprint") or {}))
     diffs = []
-    for key in list(now_fp) + [k for k in saved_fp if k not in now_fp]:
+    # A key the saved fingerprint lacks was not yet part of it when the checkpoint was written (the fingerprint is
+    # derived from the config's declarations and grows with them): the run's config.json answers for it, with the
+    # key's value for older workdirs filled in (config_rules.complete). A saved key that is gone now still differs.
+    for key in [k for k in now_fp if k in saved_fp] + [k for k in saved_fp if k not in now_fp]:
       before, now = saved_fp.get(key, _ABSENT), now_fp.get(key, _ABSENT)
       if before != now:
         diffs.append(f"{key} saved {_short(before)} vs now {_short(now)}")
+    if not diffs and saved_fp and set(saved_fp) <= set(now_fp):
+      return
     if not diffs:
       diffs = [f"config_hash saved {str(meta.get('config_hash'))[:12]} vs now "
                f"{str(expected_meta.get('config_hash'))[:12]}"]

@@ -12,24 +12,24 @@ import os
 import jax
 import numpy as np
 
-from copper_jax import config_rules, config_utils, hypotheses, members, optim
+from copper_jax import config_rules, device_memory, hypotheses, members, optim
 from copper_jax.data import sampler
 from copper_jax.models import make_model
 from copper_jax.store import checkpoint
 from copper_jax.sweep import steps
 
 # Config entries that fix the shape and meaning of a sweep checkpoint; changing any of them needs a new workdir.
-FINGERPRINT_KEYS = ["model.c", "model.d", "model.n", "model.N", "model.norm", "hypotheses", "control.permutations",
-                    "num_seeds", "seed", "loss.kind", "optim.learning_rate", "optim.schedule", "train.patch_size", "train.batch_size"]
+FINGERPRINT_KEYS = config_rules.fingerprint_keys(config_rules.SWEEP)
 
 
 def validate_config(config, where: str = "") -> list[hypotheses.Hypothesis]:
   """Fails before any data is read or anything compiles, naming the key; returns the expanded hypotheses.
 
-  Every key is checked against `config_rules.SWEEP`; `where` names a saved config in messages.
+  Keys an older workdir's config lacks are filled in first (`config_rules.complete`); then every key is checked
+  against `config_rules.SWEEP`; `where` names a saved config in messages.
   """
+  config_rules.complete(config, config_rules.SWEEP)
   config_rules.check(config, config_rules.SWEEP, where)
-  config_utils.total_steps(config.train, 1)  # exactly one duration; the image count only matters for epochs
   return hypotheses.expand(config.hypotheses)
 
 
@@ -48,8 +48,8 @@ def check_memory(config, num_hypotheses: int, num_labels: int = 2) -> None:
   per_member = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(state))
   num_members = (num_hypotheses + config.control.permutations) * config.num_seeds
   per_device = -(-num_members // (jax.device_count() if config.members.shard else 1))
-  config_utils.check_memory(
-      "num_seeds", config.num_seeds, per_member * per_device, config_utils.available_memory_bytes(),
+  device_memory.check_memory(
+      "num_seeds", config.num_seeds, per_member * per_device, device_memory.available_memory_bytes(),
       f"{per_device} members per device hold {per_member / 2 ** 20:.3g} MiB of state each before any activation: "
       "lower num_seeds or the number of hypotheses")
 
@@ -81,8 +81,7 @@ class SweepProgram:
     self.seed = config.seed
     self.num_seeds = config.num_seeds
     self.patch_size = config.train.patch_size
-    # Workdirs saved before the term existed trained without it.
-    self.consistency_weight = config.loss.get("consistency_weight", 0.0)
+    self.consistency_weight = config.loss.consistency_weight
     self.mesh = members.members_mesh(num_members) if config.members.shard else None
     self.member_sharding = members.member_sharding(self.mesh)
     self.shared_sharding = members.replicated_sharding(self.mesh)

@@ -7,14 +7,13 @@ are `sweep.results`; this module is the job around them: the training loop, eval
 import copy
 import os
 
-import jax
 import numpy as np
 
-from copper_jax import config_utils, determinism, members, preemption, processes
+from copper_jax import config_rules, determinism, device_memory, members, preemption, processes, run_config
 from copper_jax import masks as masks_lib
 from copper_jax.data import sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
-from copper_jax.errors import CheckpointError, ConfigError
+from copper_jax.errors import CheckpointError
 from copper_jax.models import analysis
 from copper_jax.store import checkpoint, workdir
 from copper_jax.store import tables
@@ -45,8 +44,8 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
     # program is then the one that trains, so this costs no second compile.
     first = members.place(patches.batch(start), program.shared_sharding)
     train_step = program.train_step.lower(states, member_arrays, first).compile()
-    config_utils.check_memory(
-        "num_seeds", config.num_seeds, config_utils.compiled_bytes(train_step), config_utils.available_memory_bytes(),
+    device_memory.check_memory(
+        "num_seeds", config.num_seeds, device_memory.compiled_bytes(train_step), device_memory.available_memory_bytes(),
         "XLA's memory analysis of the training step: lower num_seeds, the number of hypotheses or train.batch_size")
   writer = MetricWriter(work_dir, quiet=True)  # the progress bar shows the mean loss; the file has them all
   progress = Progress(total, "sweep", quiet=quiet, initial=start)
@@ -155,7 +154,7 @@ def held_out_mask_quality(sweep, states, dataset, indices, batch_size) -> dict:
 def model_from_grid(config, quiet: bool = False):
   """`config`, or a copy whose model.c/d/n/N are those of the best classifier of the grid search named by
   `config.model_from_grid`: the paper extends that baseline into its segmentation net."""
-  grid_dir = config.get("model_from_grid", "")
+  grid_dir = config.model_from_grid
   if not grid_dir:
     return config
   from copper_jax.classifier import grid_search  # only when a grid search is named
@@ -169,11 +168,10 @@ def model_from_grid(config, quiet: bool = False):
 
 def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
-  if search.enabled(config) and config.get("model_from_grid", ""):
-    raise ConfigError("config.model.search.enabled and config.model_from_grid both choose the net; set one of "
-                      "them (model_from_grid='' to search, model.search.enabled=False to take the grid's best)")
-  config = model_from_grid(config, quiet)
   hyps = program_lib.validate_config(config)
+  if config.model_from_grid:
+    config = model_from_grid(config, quiet)
+    program_lib.validate_config(config)  # the grid's net against the rest of the config
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
@@ -183,11 +181,11 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
       start.commit()
       config = search.choose_model(config, work_dir, run_sweep, SWEEP_FILE, quiet)
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
-    workdir.check_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+    run_config.check_resume(work_dir, config, config_rules.SWEEP, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
     # The target table needs the stress times: a hypothesis the labels cannot take is refused here, not later.
     program_lib.member_table(hyps, config.num_seeds, dataset.tau)
-    workdir.save_run_config(work_dir, config, program_lib.FINGERPRINT_KEYS, "a sweep")
+    run_config.save(work_dir, config, config_rules.SWEEP, "a sweep")
     start.commit()
     sweep, states = train(config, work_dir, dataset, split, hyps, quiet)
     return finish(config, work_dir, dataset, split, sweep, states, quiet)

@@ -19,7 +19,7 @@ import copy
 import os
 import shutil
 
-from copper_jax import config_utils, members
+from copper_jax import device_memory, members
 from copper_jax.data import sampler
 from copper_jax.data.prepare import prepare_training_data
 from copper_jax.errors import ConfigError, UserError
@@ -34,22 +34,12 @@ AXES = ("c", "d", "n", "N")
 
 
 def enabled(config) -> bool:
-  search = config.model.get("search")
-  return bool(search is not None and search.enabled)
+  return bool(config.model.search.enabled)
 
 
 def candidates(config) -> list[tuple[int, int, int, int]]:
-  """The (c, d, n, N) candidates of `config.model.search.points`, checked; duplicates dropped."""
-  points = [tuple(p) for p in config.model.search.points]
-  if not points:
-    raise ConfigError("config.model.search.points is empty: give at least one (c, d, n, N)")
-  for p in points:
-    if len(p) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in p):
-      raise ConfigError(f"config.model.search.points has {p!r}: each candidate is (c, d, n, N), four integers >= 1")
-    if config.train.patch_size < 2 ** p[1]:
-      raise ConfigError(f"config.model.search.points has d={p[1]}, which needs train.patch_size >= {2 ** p[1]}; "
-                        "drop that candidate or enlarge the patch")
-  return list(dict.fromkeys(points))
+  """The (c, d, n, N) candidates of `config.model.search.points` (checked by config_rules); duplicates dropped."""
+  return list(dict.fromkeys(tuple(p) for p in config.model.search.points))
 
 
 def candidate_name(point) -> str:
@@ -90,7 +80,7 @@ def _training_memory_mb(cfg, dataset, split) -> float:
   patches = sampler.PatchSampler(dataset, split["train"], cfg.train.patch_size, cfg.train.batch_size, seed=cfg.seed)
   first = members.place(patches.batch(0), sweep.program.shared_sharding)
   compiled = sweep.program.train_step.lower(sweep.program.abstract_states(), sweep.member_arrays, first).compile()
-  return config_utils.compiled_bytes(compiled) / 2 ** 20
+  return device_memory.compiled_bytes(compiled) / 2 ** 20
 
 
 def _row_from_summary(row: dict, summary: dict) -> None:
@@ -114,12 +104,6 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
   the chosen candidate's. When candidates train for the sweep's full duration, the chosen one's checkpoints become
   the sweep's, so it is not trained twice. Call inside the workdir's lock."""
   points = candidates(config)
-  config_utils.validate(config, [
-      ("model.search.num_steps", lambda v: isinstance(v, int) and v >= 0,
-       "use a number of training steps per candidate, or 0 for the sweep's own duration"),
-      ("model.search.memory_mb", lambda v: v >= 0, "use a budget in MiB, or 0 for the device's free memory"),
-      ("control.permutations", lambda v: v >= 1, "the model search keeps candidates by their permuted-target "
-       "control: use at least 1 (2 is the default)")])
   data_root = os.path.join(work_dir, "data")
   dataset, split = prepare_training_data(config, work_dir)
   rows = []
