@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from copper_jax import device_memory, members, samples
+from copper_jax import device_memory, members, sample_estimates as samples
+from copper_jax.classifier import maps as classifier_maps
 from copper_jax.classifier import program as classifier_program
 from copper_jax.data import folder, prepare, sem_metadata
 from copper_jax.errors import CheckpointError, ConfigError, UserError
@@ -243,7 +244,7 @@ class ClassifierPredictor:
     self.step = info["step"]
     self.stress_times = data.stress_times
     self.reader = Reader(config, data)
-    self._classify = jax.jit(functools.partial(_logits_and_cam, program.model))
+    self._classify = jax.jit(functools.partial(classifier_maps.logits_and_cam, program.model))
 
   def classify(self, pixels_HxW: np.ndarray):
     """(probabilities (K,), CAM of the predicted class (H_surface, W)) of an image as read by `reader.read`."""
@@ -253,29 +254,6 @@ class ClassifierPredictor:
     prob = np.exp(logits - logits.max())
     prob /= prob.sum()
     return prob, np.asarray(cam_HxW)
-
-
-def _logits_and_cam(model, state, image_1xHxWx1):
-  """Logits (K,) of one image and the class map of its predicted class brought to the image (H, W)."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  logits_K = model.apply(variables, image_1xHxWx1, train=False)[0]
-  cam_1xhxwxK = analysis.class_activation_maps(model, variables, image_1xHxWx1)
-  cam_1xhxwx1 = jax.lax.dynamic_slice_in_dim(cam_1xhxwxK, jnp.argmax(logits_K), 1, axis=-1)
-  _, H, W, _ = image_1xHxWx1.shape
-  return logits_K, analysis.upsample_maps(cam_1xhxwx1, H, W, model.d)[0, ..., 0]
-
-
-def classifier_cams(classifier_dir: str, paths) -> dict:
-  """{position in `paths`: (uint8 RGB CAM overlay, caption)} of a classifier workdir's predicted stress time."""
-  model = ClassifierPredictor(classifier_dir)
-  out = {}
-  for j, path in enumerate(paths):
-    image = model.reader.read(path)
-    prob, cam = model.classify(image)
-    gray = pixels.display_gray(image)[:cam.shape[0]]
-    k = int(prob.argmax())
-    out[j] = (pixels.cam_overlay(gray, cam), f"classifier: t={model.stress_times[k]:g} (p={prob[k]:.2f})")
-  return out
 
 
 def find_images(paths, out_dir: str) -> list:

@@ -23,8 +23,8 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Print only errors, the address and t
 
 def main(argv):
   del argv
-  from copper_jax import expert_study
-  server = expert_study.serve(_WORKDIR.value, _PORT.value, _EXPERT.value, quiet=_QUIET.value,
+  from copper_jax.blind_test import scores as blind_scores, server as blind_server, session as blind_session
+  server = blind_server.serve(_WORKDIR.value, _PORT.value, _EXPERT.value, quiet=_QUIET.value,
                               practice_per_label=_PRACTICE.value)
   query = f"?expert={_EXPERT.value}" if _EXPERT.value else ""
   print(f"blind test: open http://127.0.0.1:{server.server_port}/{query} (Ctrl-C to stop)", flush=True)
@@ -35,13 +35,13 @@ def main(argv):
   finally:
     server.shutdown()
     server.server_close()
-  results = expert_study.expert_results(_WORKDIR.value)
+  results = blind_scores.expert_results(_WORKDIR.value)
   if not results["experts"]:
     print("no answers yet")
     return
   for name, expert in sorted(results["experts"].items()):
-    print(expert_study.headline(name, expert))
-  print(f"results: {_WORKDIR.value}/{expert_study.FOLDER}/{expert_study.RESULTS_FILE}")
+    print(blind_scores.headline(name, expert))
+  print(f"results: {_WORKDIR.value}/{blind_session.FOLDER}/{blind_session.RESULTS_FILE}")
 
 
 if __name__ == "__main__":

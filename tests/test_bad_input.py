@@ -15,7 +15,8 @@ import pytest
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
-from copper_jax import expert_study, hypotheses, predict
+from copper_jax import hypotheses, predict
+from copper_jax.blind_test import scores as blind_scores, server as blind_server, session as blind_session
 from copper_jax.classifier import program as classifier_program
 from copper_jax.data import synthetic
 from copper_jax.data.folder import load_folder
@@ -333,8 +334,8 @@ def test_predict_after_a_fully_diverged_sweep_says_so(trained, tmp_path):
 
 @pytest.fixture
 def server(trained, monkeypatch):
-  monkeypatch.setattr(expert_study._Handler, "timeout", 1.0)  # pylint: disable=protected-access
-  server = expert_study.serve(trained[0], port=0, quiet=True)
+  monkeypatch.setattr(blind_server._Handler, "timeout", 1.0)  # pylint: disable=protected-access
+  server = blind_server.serve(trained[0], port=0, quiet=True)
   yield server
   server.shutdown()
   server.server_close()
@@ -368,26 +369,26 @@ ANSWER = json.dumps({"expert": "ada", "position": 0, "label": 1}).encode()
 def test_a_malformed_answer_gets_one_error_reply_and_saves_nothing(trained, server, headers, body, status):
   got, reply = _raw_post(server, headers, body)
   assert got == status and "error" in json.loads(reply)
-  assert not os.path.exists(os.path.join(trained[0], expert_study.FOLDER, "ada.json"))
+  assert not os.path.exists(os.path.join(trained[0], blind_session.FOLDER, "ada.json"))
 
 
 def test_a_body_shorter_than_announced_times_out_unsaved(trained, server):
   got, _ = _raw_post(server, {"Content-Type": "application/json", "Content-Length": "40"}, ANSWER[:10])
   assert got is None  # the server gave up after its read timeout instead of waiting for ever
-  assert not os.path.exists(os.path.join(trained[0], expert_study.FOLDER, "ada.json"))
+  assert not os.path.exists(os.path.join(trained[0], blind_session.FOLDER, "ada.json"))
   other = json.dumps({"expert": "cy", "position": 0, "label": 1}).encode()
   assert _raw_post(server, {"Content-Type": "application/json", "Content-Length": str(len(other))}, other)[0] == 200
 
 
 def test_a_port_out_of_range_is_one_line(trained):
   with pytest.raises(UserError, match="port 70000"):
-    expert_study.serve(trained[0], port=70000)
+    blind_server.serve(trained[0], port=70000)
 
 
 def test_a_truncated_answer_file_is_skipped_and_the_others_scored(trained, tmp_path):
   copy = str(tmp_path / "copy")
-  shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns(expert_study.FOLDER))
-  test = expert_study.BlindTest(copy)
+  shutil.copytree(trained[0], copy, ignore=shutil.ignore_patterns(blind_session.FOLDER))
+  test = blind_session.BlindTest(copy)
   for expert in ("ada", "bob"):
     test.answer(expert, 0, 1)
   path = test.path("bob")
@@ -395,7 +396,7 @@ def test_a_truncated_answer_file_is_skipped_and_the_others_scored(trained, tmp_p
     text = f.read()
   with open(path, "wb") as f:
     f.write(text[:len(text) // 2])
-  summary = expert_study.expert_results(copy)
+  summary = blind_scores.expert_results(copy)
   assert list(summary["experts"]) == ["ada"]
   assert len(summary["skipped"]) == 1 and "bob.json" in summary["skipped"][0]
   with pytest.raises(UserError, match="not a readable answer file"):

@@ -10,7 +10,8 @@ import pytest
 
 import scipy.stats
 
-from copper_jax import expert_study, metrics
+from copper_jax import metrics
+from copper_jax.blind_test import scores as blind_scores, server as blind_server, session as blind_session
 from copper_jax.errors import UserError
 from copper_jax.store import workdir
 from tests.conftest import train_smoke_classifier
@@ -76,7 +77,7 @@ def _fake_study(root, rng, experts: dict, model_accuracy=0.7):
       "splits": {"test": summary},
       "predictions": {"test": [{"path": p, "true_label": int(t), "predicted_label": int(m)}
                                for p, t, m in zip(paths, true_N, model_N)]}})
-  os.makedirs(os.path.join(root, expert_study.FOLDER))
+  os.makedirs(os.path.join(root, blind_session.FOLDER))
   answers = {}
   for name, accuracy in experts.items():
     answer_N = simulated_answers(rng, true_N, accuracy)
@@ -85,7 +86,7 @@ def _fake_study(root, rng, experts: dict, model_accuracy=0.7):
                   "answered_at": "2026-11-30T00:00:00+00:00"} for j in order]
     questions[0].update(answer=None, answered_at=None)  # one image left unanswered
     answers[name] = questions
-    workdir.atomic_write_json(os.path.join(root, expert_study.FOLDER, f"{name}.json"),
+    workdir.atomic_write_json(os.path.join(root, blind_session.FOLDER, f"{name}.json"),
                               {"expert": name, "stress_times": times, "questions": questions})
   return {p: int(m) for p, m in zip(paths, model_N)}, answers
 
@@ -93,7 +94,7 @@ def _fake_study(root, rng, experts: dict, model_accuracy=0.7):
 def test_expert_results_pair_each_expert_with_the_model_and_write_every_answer(tmp_path):
   root = str(tmp_path)
   model_by_path, answers = _fake_study(root, np.random.default_rng(2), {"peer": 0.7, "novice": 0.2})
-  results = expert_study.expert_results(root)
+  results = blind_scores.expert_results(root)
   peer, novice = results["experts"]["peer"]["comparison"], results["experts"]["novice"]["comparison"]
   assert peer["verdict"] == "no detectable difference" and peer["mcnemar_p"] > 0.05
   assert novice["verdict"] == "the classifier is more accurate" and novice["mcnemar_p"] < 1e-4
@@ -110,23 +111,23 @@ def test_expert_results_pair_each_expert_with_the_model_and_write_every_answer(t
     accuracies = results["experts"][name]["per_label_accuracy"]
     assert len(intervals) == NUM_LABELS
     assert all(lo <= a <= hi for (lo, hi), a in zip(intervals, accuracies))
-  folder = os.path.join(root, expert_study.FOLDER)
-  with open(os.path.join(folder, expert_study.ANSWERS_CSV), newline="") as f:
+  folder = os.path.join(root, blind_session.FOLDER)
+  with open(os.path.join(folder, blind_scores.ANSWERS_CSV), newline="") as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 2 * 80 and tuple(rows[0]) == expert_study.CSV_COLUMNS
+  assert len(rows) == 2 * 80 and tuple(rows[0]) == blind_scores.CSV_COLUMNS
   unanswered = [r for r in rows if r["answer"] == ""]
   assert len(unanswered) == 2 and all(r["expert_correct"] == "" for r in unanswered)
   for r in rows:
     assert int(r["model_answer"]) == model_by_path[r["path"]]
     assert r["model_correct"] == str(int(model_by_path[r["path"]] == int(r["true_label"])))
   # Figure 7 per expert, Figure 8 once for the classifier, as the paper numbers them.
-  assert results["model"]["figure"] == expert_study.FIGURE8
-  assert os.path.getsize(os.path.join(folder, expert_study.FIGURE8)) > 10_000
+  assert results["model"]["figure"] == blind_scores.FIGURE8
+  assert os.path.getsize(os.path.join(folder, blind_scores.FIGURE8)) > 10_000
   for name in answers:
     assert os.path.getsize(os.path.join(folder, results["experts"][name]["figures"]["figure7"])) > 10_000
-  with open(os.path.join(folder, expert_study.RESULTS_FILE)) as f:
+  with open(os.path.join(folder, blind_session.RESULTS_FILE)) as f:
     assert json.load(f)["experts"]["novice"]["comparison"]["verdict"] == "the classifier is more accurate"
-  assert "exact McNemar p =" in expert_study.headline("novice", results["experts"]["novice"])
+  assert "exact McNemar p =" in blind_scores.headline("novice", results["experts"]["novice"])
 
 
 def test_without_per_image_model_answers_there_is_no_paired_test(tmp_path):
@@ -136,7 +137,7 @@ def test_without_per_image_model_answers_there_is_no_paired_test(tmp_path):
     old = json.load(f)
   del old["predictions"]  # a results.json written before it kept them
   workdir.atomic_write_json(os.path.join(root, "results.json"), old)
-  results = expert_study.expert_results(root)
+  results = blind_scores.expert_results(root)
   assert results["experts"]["ida"]["comparison"] is None
   assert results["experts"]["ida"]["model_accuracy"] == old["splits"]["test"]["accuracy"]
 
@@ -149,7 +150,7 @@ def clf_dir(tmp_path_factory):
 def test_a_trained_classifier_keeps_its_answers_per_image_and_an_expert_is_paired_with_them(clf_dir):
   with open(os.path.join(clf_dir, "results.json")) as f:
     saved = json.load(f)
-  test = expert_study.BlindTest(clf_dir)
+  test = blind_session.BlindTest(clf_dir)
   predictions = saved["predictions"]["test"]
   assert sorted(p["path"] for p in predictions) == test.test_paths
   assert metrics.confusion_matrix([p["true_label"] for p in predictions],
@@ -159,14 +160,14 @@ def test_a_trained_classifier_keeps_its_answers_per_image_and_an_expert_is_paire
   by_path = {p["path"]: p["predicted_label"] for p in predictions}
   for position, q in enumerate(test.session("twin")["questions"]):
     test.answer("twin", position, by_path[q["path"]])
-  twin = expert_study.expert_results(clf_dir)["experts"]["twin"]
+  twin = blind_scores.expert_results(clf_dir)["experts"]["twin"]
   assert twin["comparison"]["num_images"] == 4 and twin["comparison"]["mcnemar_p"] == 1.0
   assert twin["accuracy"] == saved["splits"]["test"]["accuracy"]
 
 
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_practice_images_per_label_are_settable(clf_dir, count):
-  test = expert_study.BlindTest(clf_dir, practice_per_label=count)
+  test = blind_session.BlindTest(clf_dir, practice_per_label=count)
   assert [len(row) for row in test.practice] == [count] * 4
   assert len(test.public_state("gus")["practice"][0]) == count
 
@@ -174,4 +175,4 @@ def test_practice_images_per_label_are_settable(clf_dir, count):
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
 def test_a_bad_number_of_practice_images_is_one_clear_error(clf_dir, bad):
   with pytest.raises(UserError, match=r"practice_per_label=.*: use a whole number >= 0"):
-    expert_study.serve(clf_dir, port=0, practice_per_label=bad)
+    blind_server.serve(clf_dir, port=0, practice_per_label=bad)

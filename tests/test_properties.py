@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
-from copper_jax import config_rules, config_utils, expert_study, hypotheses, optim
+from copper_jax import config_rules, config_utils, hypotheses, optim
+from copper_jax.blind_test import server as answer_server, session as blind_session
 from copper_jax.classifier import program as classifier_program
 from copper_jax.data import prepare, splits
 from copper_jax.data.folder import load_folder
@@ -225,13 +226,13 @@ def blind_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def blind_server(blind_dir):
-  saved = expert_study._Handler.timeout  # pylint: disable=protected-access
-  expert_study._Handler.timeout = 0.5  # pylint: disable=protected-access
-  server = expert_study.serve(blind_dir, port=0, quiet=True)
+  saved = answer_server._Handler.timeout  # pylint: disable=protected-access
+  answer_server._Handler.timeout = 0.5  # pylint: disable=protected-access
+  server = answer_server.serve(blind_dir, port=0, quiet=True)
   yield server
   server.shutdown()
   server.server_close()
-  expert_study._Handler.timeout = saved  # pylint: disable=protected-access
+  answer_server._Handler.timeout = saved  # pylint: disable=protected-access
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-5, 40) | st.floats() | st.text(max_size=8),
@@ -289,10 +290,10 @@ def test_any_request_gets_one_reply_and_leaves_answer_files_whole(blind_dir, bli
     assert status < 500 or status == 501, (status, body)  # 501: a method the server does not offer
     if 400 <= status < 500:
       assert "\n" not in json.loads(body)["error"]
-  folder = os.path.join(blind_dir, expert_study.FOLDER)
+  folder = os.path.join(blind_dir, blind_session.FOLDER)
   for name in os.listdir(folder) if os.path.isdir(folder) else []:
     if name.endswith(".json"):
-      expert_study._read_answers(os.path.join(folder, name))  # pylint: disable=protected-access
+      blind_session.read_answers(os.path.join(folder, name))  # pylint: disable=protected-access
 
 
 # --- the launchers themselves, as real processes ----------------------------------------------------------------

@@ -11,9 +11,11 @@ import numpy as np
 
 from copper_jax import config_rules, determinism, device_memory, members, preemption, processes, run_config
 from copper_jax import masks as masks_lib
-from copper_jax.data import sampler, splits
+from copper_jax.blind_test import scores as blind_scores
+from copper_jax.classifier import maps as classifier_maps
+from copper_jax.data import folder, sampler, splits
 from copper_jax.data.prepare import check_patch_fits, prepare_data, prepare_training_data
-from copper_jax.errors import CheckpointError
+from copper_jax.errors import CheckpointError, UserError
 from copper_jax.models import analysis
 from copper_jax.store import checkpoint, workdir
 from copper_jax.store import tables
@@ -235,27 +237,42 @@ def write_outputs(work_dir, summary, dataset, overlay_idx, masks_MxIxHxW, make_r
 
 
 def write_report(work_dir, summary, classifier_dir=None) -> str:
-  """report.html, with a classifier workdir's results and its CAMs of the mask viewer's images next to the masks;
-  `classifier_dir` defaults to the sweep config's eval.classifier_workdir."""
+  """report.html, handed its finished sections: a classifier workdir's results and its CAMs of the mask viewer's
+  images next to the masks, and the blind test's experts of this workdir and the classifier's; `classifier_dir`
+  defaults to the sweep config's eval.classifier_workdir."""
   from copper_jax.viz import report
-  classifier_dir = classifier_dir or summary.get("config", {}).get("eval", {}).get("classifier_workdir") or None
+  classifier_dir = classifier_dir or summary["config"]["eval"]["classifier_workdir"] or None
+  classifier = _classifier_section(work_dir, summary, classifier_dir) if classifier_dir else None
+  experts, more_tables = [], blind_scores.table_links(work_dir)
+  for where in [work_dir] + ([classifier_dir] if classifier_dir else []):
+    results = blind_scores.saved_results(where)
+    for name, expert in sorted((results or {"experts": {}})["experts"].items()):
+      experts.append(report.ExpertSection(name, blind_scores.headline(name, expert),
+                                          blind_scores.expert_figures(where, expert)))
+  if classifier and classifier.grid_csv:
+    more_tables.append((classifier.grid_csv, "the classifier's grid search"))
+  return report.write_sweep_report(work_dir, summary, classifier=classifier, experts=experts,
+                                   more_tables=more_tables)
+
+
+def _classifier_section(work_dir, summary, classifier_dir):
+  """What the report shows of a classifier workdir: its results.json, its CAMs of the mask viewer's images (or why
+  there are none) and its grid search's table."""
+  from copper_jax.viz import report
+  results_path = os.path.join(classifier_dir, "results.json")
+  results = workdir.read_json(results_path)
+  grid_csv = os.path.join(classifier_dir, "grid.csv")
   overlays = os.path.join(work_dir, report.OVERLAYS_FILE)
   cams = None
-  if classifier_dir and os.path.exists(overlays):
+  if os.path.exists(overlays):
     with np.load(overlays) as f:
       paths = [os.path.join(summary["data"]["root"], str(rel)) for rel in f["path"]]
-    cams = _classifier_cams(classifier_dir, paths)
-  return report.write_sweep_report(work_dir, summary, classifier_dir=classifier_dir, cams=cams)
-
-
-def _classifier_cams(classifier_dir, paths):
-  """The classifier's CAMs of these images, or the reason there are none (a string)."""
-  from copper_jax import predict  # the classifier's program, only when a classifier workdir is named
-  from copper_jax.errors import UserError
-  try:
-    return predict.classifier_cams(classifier_dir, paths)
-  except UserError as e:
-    return str(e)
+    try:
+      cams = classifier_maps.cam_overlays(classifier_dir, [folder.read_image(p) for p in paths], paths)
+    except UserError as e:
+      cams = str(e)
+  return report.ClassifierSection(classifier_dir, results=results, cams=cams,
+                                  grid_csv=grid_csv if os.path.exists(grid_csv) else None)
 
 
 def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:

@@ -8,6 +8,7 @@ The mask viewer reads `workdir/overlays.npz`, written by `save_overlays` at the 
 report shows the static overlay figure instead.
 """
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -15,7 +16,7 @@ import os
 
 import numpy as np
 
-from copper_jax import expert_study, members
+from copper_jax import members
 from copper_jax.store import workdir
 from copper_jax.viz import pixels
 
@@ -319,13 +320,30 @@ pre { background: #f8f8f8; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
 """
 
 
-def _classifier_section(classifier_dir):
+@dataclasses.dataclass(frozen=True)
+class ClassifierSection:
+  """A classifier workdir shown next to the sweep, as its caller found it: its results.json (None when it has
+  none), its CAMs of the mask viewer's images ({position: (uint8 RGB overlay, caption)}, or why there are none) and
+  its grid search's table, if any."""
+  workdir: str
+  results: dict | None = None
+  cams: dict | str | None = None
+  grid_csv: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertSection:
+  """One expert of the blind test: the headline of their scores and their figures (paths)."""
+  name: str
+  headline: str
+  figures: tuple
+
+
+def _classifier_section(section: ClassifierSection):
   """The classifier's headline numbers and its confusion and per-label figures, from its results.json."""
-  path = os.path.join(classifier_dir, "results.json")
-  if not os.path.exists(path):
+  classifier_dir, results = section.workdir, section.results
+  if results is None:
     return f'<p class="note">No classifier results in {html.escape(classifier_dir)} (results.json).</p>'
-  with open(path, encoding="utf-8") as f:
-    results = json.load(f)
   split = results.get("figures", {}).get("split", "test")
   s = results["splits"][split]
   text = (f"<p>Classifier in {html.escape(classifier_dir)}, {split} split of {s['num_images']} images: accuracy "
@@ -336,18 +354,12 @@ def _classifier_section(classifier_dir):
   return text + figures
 
 
-def _blind_test_section(folders):
-  """The experts' figures written by `expert_study.expert_results`, from any of `folders` that has them."""
+def _blind_test_section(experts):
+  """Each expert's headline and figures."""
   parts = []
-  for folder in folders:
-    path = os.path.join(folder, expert_study.FOLDER, expert_study.RESULTS_FILE)
-    if not os.path.exists(path):
-      continue
-    with open(path, encoding="utf-8") as f:
-      results = json.load(f)
-    for name, expert in sorted(results["experts"].items()):
-      parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(expert_study.headline(name, expert))}</p>")
-      parts.extend(_image(os.path.join(folder, expert_study.FOLDER, p), p) for p in expert["figures"].values())
+  for expert in experts:
+    parts.append(f"<h3>{html.escape(expert.name)}</h3><p>{html.escape(expert.headline)}</p>")
+    parts.extend(_image(path, os.path.basename(path)) for path in expert.figures)
   return "".join(parts)
 
 
@@ -362,8 +374,8 @@ def _training_section(work_dir, summary):
           + _image(os.path.join(work_dir, path), "Loss curves"))
 
 
-def _tables_section(work_dir, summary, classifier_dir=None):
-  """Links to the CSV tables beside the report, for a spreadsheet."""
+def _tables_section(summary, more_tables):
+  """Links to the CSV tables beside the report, for a spreadsheet: the sweep's, then `more_tables`."""
   described = {
       "ranking": "the ranking: each hypothesis's error per split with its 95% interval, its role (hypothesis, "
                  "learned, control) and its excess over the leader",
@@ -371,12 +383,7 @@ def _tables_section(work_dir, summary, classifier_dir=None):
       "learned_g": "the learned g per stress time, per seed, and the isotonic fit of its masks",
   }
   links = [(rel, described.get(name, name)) for name, rel in summary.get("tables", {}).items()]
-  others = [(os.path.join(expert_study.FOLDER, "results.csv"), "the blind test: each expert's scores and the "
-             "classifier's on the same test split, with the paired McNemar test"),
-            (os.path.join(expert_study.FOLDER, expert_study.ANSWERS_CSV), "the blind test: every answer")]
-  links += [(rel, text) for rel, text in others if os.path.exists(os.path.join(work_dir, rel))]
-  if classifier_dir and os.path.exists(os.path.join(classifier_dir, "grid.csv")):
-    links.append((os.path.join(classifier_dir, "grid.csv"), "the classifier's grid search"))
+  links += list(more_tables)
   if not links:
     return ""
   items = "".join(f'<li><a href="{html.escape(rel)}">{html.escape(os.path.basename(rel))}</a>: {html.escape(text)}'
@@ -384,15 +391,14 @@ def _tables_section(work_dir, summary, classifier_dir=None):
   return f"<h2>Tables for spreadsheets</h2><p>CSV files beside this report (open them in Excel or LibreOffice):</p><ul>{items}</ul>"
 
 
-def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str:
-  """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz.
-
-  classifier_dir: a classifier workdir shown next to the sweep (its confusion matrix and results); default: the
-  sweep config's `eval.classifier_workdir` when it has one. cams: the classifier's CAMs of the viewer's images,
-  {position: (uint8 RGB overlay, caption)} as `predict.classifier_cams` makes them, or why there are none (str).
+def write_sweep_report(work_dir, summary, classifier: ClassifierSection | None = None, experts=(),
+                       more_tables=()) -> str:
+  """Writes report.html from sweep.json's content, the figures it names and, when present, overlays.npz, with
+  the finished sections its caller hands it: a classifier shown next to the sweep, the blind test's experts
+  (`ExpertSection`s) and more tables to link, [(path, what it holds)].
   """
   config = summary.get("config", {})
-  classifier_dir = classifier_dir or config.get("eval", {}).get("classifier_workdir") or None
+  cams = classifier.cams if classifier else None
   figures = summary.get("figures", {})
   figure = lambda key, title: (_image(os.path.join(work_dir, figures[key]), title) if key in figures else "")
   truth = ""
@@ -416,16 +422,15 @@ def write_sweep_report(work_dir, summary, classifier_dir=None, cams=None) -> str
     masks = figure("overlays", "Masks on held-out images")
   learned = ""
   if "learned_g" in summary:
+    better = (" It fits clearly better than every listed hypothesis (paired 95% interval below zero): none of the "
+              "listed hypotheses is adequate, and the table below gives the curve the data prefer."
+              if summary.get("adequacy", {}).get("learned_fits_better") else "")
     learned = ("<h2>The learned hypothesis</h2><p>A monotone g learned jointly with its model, endpoints pinned. "
-               "Where it follows the isotonic fit of its own masks, model and curve agree.</p>"
+               f"Where it follows the isotonic fit of its own masks, model and curve agree.{better}</p>"
                + figure("learned_g", "learned g") + _learned_table(summary))
-    if summary.get("adequacy", {}).get("learned_fits_better"):
-      learned = learned.replace("</p>", " It fits clearly better than every listed hypothesis (paired 95% interval "
-                                "below zero): none of the listed hypotheses is adequate, and the table below gives "
-                                "the curve the data prefer.</p>", 1)
-  classifier = (f"<h2>Stress-time classifier</h2>{_classifier_section(classifier_dir)}" if classifier_dir else "")
-  experts = _blind_test_section([work_dir] + ([classifier_dir] if classifier_dir else []))
-  experts = f"<h2>Blind test of experts</h2>{experts}" if experts else ""
+  classifier_html = (f"<h2>Stress-time classifier</h2>{_classifier_section(classifier)}" if classifier else "")
+  experts_html = _blind_test_section(experts)
+  experts_html = f"<h2>Blind test of experts</h2>{experts_html}" if experts_html else ""
   page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>copper_jax sweep report</title>
 <meta http-equiv="Content-Security-Policy"
@@ -454,9 +459,9 @@ first stress time and 1 at the last), not absolute smoothed areas.</p>
 {masks}
 {learned}
 {_training_section(work_dir, summary)}
-{classifier}
-{experts}
-{_tables_section(work_dir, summary, classifier_dir)}
+{classifier_html}
+{experts_html}
+{_tables_section(summary, more_tables)}
 <h2>Configuration</h2>
 <details><summary>config.json of the run</summary>
 <pre>{html.escape(json.dumps(config, indent=1, sort_keys=True))}</pre></details>

@@ -12,7 +12,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from copper_jax import expert_study, metrics
+from copper_jax import metrics
+from copper_jax.blind_test import scores as blind_scores, server as blind_server, session as blind_session
 from tests.conftest import train_smoke_classifier
 from tests.browser import Browser, require_chromium
 
@@ -26,7 +27,7 @@ def clf_dir(tmp_path_factory):
 
 @pytest.fixture
 def server(clf_dir):
-  server = expert_study.serve(clf_dir, port=0, quiet=True)
+  server = blind_server.serve(clf_dir, port=0, quiet=True)
   yield server
   server.shutdown()
   server.server_close()
@@ -46,7 +47,7 @@ def _request(server, path, body=None, host=None):
 
 
 def _answers(clf_dir, expert):
-  with open(os.path.join(clf_dir, expert_study.FOLDER, f"{expert}.json")) as f:
+  with open(os.path.join(clf_dir, blind_session.FOLDER, f"{expert}.json")) as f:
     return json.load(f)
 
 
@@ -80,7 +81,7 @@ def test_a_scripted_expert_clicks_through_and_resumes(clf_dir, server):
     assert browser.errors == []
   questions = _answers(clf_dir, "ana")["questions"]
   assert [q["answer"] for q in questions] == [0, 1, 2, 3]
-  results = expert_study.expert_results(clf_dir)
+  results = blind_scores.expert_results(clf_dir)
   ana = results["experts"]["ana"]
   true = [q["true_label"] for q in questions]
   assert ana["confusion"] == metrics.confusion_matrix(true, [0, 1, 2, 3], 4).tolist()
@@ -89,8 +90,8 @@ def test_a_scripted_expert_clicks_through_and_resumes(clf_dir, server):
   with open(os.path.join(clf_dir, "results.json")) as f:
     assert results["model"]["accuracy"] == json.load(f)["splits"]["test"]["accuracy"]
   for name in ana["figures"].values():
-    assert os.path.getsize(os.path.join(clf_dir, expert_study.FOLDER, name)) > 10_000
-  assert os.path.exists(os.path.join(clf_dir, expert_study.FOLDER, expert_study.RESULTS_FILE))
+    assert os.path.getsize(os.path.join(clf_dir, blind_session.FOLDER, name)) > 10_000
+  assert os.path.exists(os.path.join(clf_dir, blind_session.FOLDER, blind_session.RESULTS_FILE))
 
 
 def test_without_a_name_the_page_asks_for_one(clf_dir, server):
@@ -104,7 +105,7 @@ def test_without_a_name_the_page_asks_for_one(clf_dir, server):
     browser.wait_for("!document.getElementById('practice-step').classList.contains('hidden')")
     assert browser.eval("location.search") == "?expert=gil"
     assert browser.errors == []
-  assert os.path.exists(os.path.join(clf_dir, expert_study.FOLDER, "gil.json"))
+  assert os.path.exists(os.path.join(clf_dir, blind_session.FOLDER, "gil.json"))
 
 
 def test_the_page_reveals_no_test_label_and_orders_are_seeded_per_expert(clf_dir, server):
@@ -115,7 +116,7 @@ def test_the_page_reveals_no_test_label_and_orders_are_seeded_per_expert(clf_dir
   order = [q["path"] for q in _answers(clf_dir, "bo")["questions"]]
   _request(server, "/api/state?expert=cy")
   assert order != [q["path"] for q in _answers(clf_dir, "cy")["questions"]]  # 1 in 24 chance per seed; fixed
-  assert order == [q["path"] for q in expert_study.BlindTest(clf_dir).session("bo")["questions"]]
+  assert order == [q["path"] for q in blind_session.BlindTest(clf_dir).session("bo")["questions"]]
   status, png = _request(server, "/image/test/0.png?expert=bo")
   assert status == 200 and png.startswith(b"\x89PNG")
 
@@ -132,7 +133,7 @@ def test_the_page_reveals_no_test_label_and_orders_are_seeded_per_expert(clf_dir
 def test_bad_requests_are_refused_and_change_nothing(clf_dir, server, path, body, words):
   status, reply = _request(server, path, body)
   assert status == 400 and words in json.loads(reply)["error"]
-  assert not os.path.exists(os.path.join(clf_dir, expert_study.FOLDER, "..etc.json"))
+  assert not os.path.exists(os.path.join(clf_dir, blind_session.FOLDER, "..etc.json"))
 
 
 def test_requests_through_another_host_name_are_refused(server):
@@ -160,8 +161,8 @@ def test_launcher_serves_saves_and_scores_on_ctrl_c(clf_dir, tmp_path):
       process.kill()
   assert process.returncode == 0, err
   assert "fay: 1 of 4 test images answered" in out
-  assert np.isclose(expert_study.expert_results(clf_dir)["experts"]["fay"]["answered"], 1)
+  assert np.isclose(blind_scores.expert_results(clf_dir)["experts"]["fay"]["answered"], 1)
   # The same scores as a spreadsheet table.
-  with open(os.path.join(clf_dir, expert_study.FOLDER, "results.csv"), newline="") as f:
+  with open(os.path.join(clf_dir, blind_session.FOLDER, "results.csv"), newline="") as f:
     table = {row["who"]: row for row in csv.DictReader(f)}
   assert (table["fay"]["answered"], table["fay"]["total"]) == ("1", "4") and "classifier" in table
