@@ -97,14 +97,9 @@ def _sweep_config(tiny: bool, num_steps: int):
 
 
 def _log_wall_times(work_dir: str) -> dict:
-  """{step: wall time} of the TensorBoard events: a step's metrics are written once it has finished."""
+  """{step: wall time} of the metrics.jsonl lines: a step's metrics are written once it has finished."""
   from copper_jax.store import logs
-  times = {}
-  for name in os.listdir(os.path.join(work_dir, logs.TB_DIR)):
-    for event in logs.read_events(os.path.join(work_dir, logs.TB_DIR, name)):
-      if event["file_version"] is None:
-        times[event["step"]] = event["wall_time"]
-  return times
+  return {record["step"]: record["wall_time"] for record in logs.read_metrics(work_dir)}
 
 
 def measure_paper_sweep(tiny: bool, num_steps: int, log) -> dict:

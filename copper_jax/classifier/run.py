@@ -112,7 +112,7 @@ def train(config, work_dir: str, dataset, split, program: ClassifierProgram, qui
 
   patches = sampler.PatchSampler(dataset, train_idx, config.train.patch_size, config.train.batch_size,
                                  seed=config.seed, flips=config.train.flips, rot90=config.train.rot90)
-  writer = MetricWriter(work_dir, quiet=quiet)
+  writer = MetricWriter(work_dir, quiet=quiet, resume_step=start)
   progress = Progress(total, "classifier", quiet=quiet, initial=start)
   host = _TrainLog(writer, progress, config.train.log_every, total, config, ckpt.directory)
   host.last_saved = ckpt.latest_step()

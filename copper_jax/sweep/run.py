@@ -49,7 +49,7 @@ def train(config, work_dir: str, dataset, split, hyps=None, quiet: bool = False)
     device_memory.check_memory(
         "num_seeds", config.num_seeds, device_memory.compiled_bytes(train_step), device_memory.available_memory_bytes(),
         "XLA's memory analysis of the training step: lower num_seeds, the number of hypotheses or train.batch_size")
-  writer = MetricWriter(work_dir, quiet=True)  # the progress bar shows the mean loss; the file has them all
+  writer = MetricWriter(work_dir, quiet=True, resume_step=start)  # the progress bar shows the mean loss; the file has them all
   progress = Progress(total, "sweep", quiet=quiet, initial=start)
   names = [f"{sweep.hypotheses[k].name}/seed{s}" for k, s in sweep.rows]
 
