@@ -29,8 +29,9 @@ def main(argv):
   from copper_jax.store import workdir
   config = workdir.load_config(_WORKDIR.value)
   if "hypotheses" in config:
+    from copper_jax import model_search
     from copper_jax.sweep import run as sweep_run
-    sweep_run.evaluate_sweep(config, _WORKDIR.value, _QUIET.value)
+    sweep_run.evaluate_sweep(config, _WORKDIR.value, _QUIET.value, sections=model_search.saved_sections(_WORKDIR.value))
     print(f"report: {_WORKDIR.value}/report.html")
     return
   if "grid" in config:

@@ -31,8 +31,12 @@ def main(argv):
   if _DISTRIBUTED.value:
     from copper_jax import processes
     processes.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value)
-  from copper_jax.sweep import run
-  run.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  if _CONFIG.value.model.search.enabled:
+    from copper_jax import model_search
+    model_search.search_then_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
+  else:
+    from copper_jax.sweep import run
+    run.run_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)
   print(f"report: {_WORKDIR.value}/report.html")
 
 

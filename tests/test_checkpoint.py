@@ -306,3 +306,18 @@ def test_config_fingerprint_is_canonical():
   flat_b, hash_b = config_fingerprint(b, ["hypotheses", "model.c"])
   assert flat_a == {"model.c": 8, "hypotheses": ["x", "y"]} and hash_a == hash_b and len(hash_a) == 64
   assert config_fingerprint(a, ["model.depth"])[1] != config_fingerprint(b, ["model.depth"])[1]
+
+
+def test_a_checkpoint_whose_fingerprint_lacks_a_newer_key_restores(tmp_path):
+  # The fingerprint is derived from the config's declarations and grows with them: a checkpoint written when it
+  # held fewer keys restores when those agree (config.json answers for the rest), and not when one differs.
+  state = make_state().replace(step=jnp.array(3))
+  config = ml_collections.ConfigDict({"model": {"c": 4}, "hypotheses": ("smooth", "rough")})
+  older, older_hash = config_fingerprint(config, ["model.c"])
+  with Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(3, state, {"config_hash": older_hash, "fingerprint": older})
+  with Checkpointer(str(tmp_path)) as ckpt:
+    restored, _ = ckpt.restore(abstract(), meta_for())
+    assert_trees_equal(restored, state)
+    with pytest.raises(CheckpointError, match="model.c saved 4 vs now 8"):
+      ckpt.restore(abstract(), meta_for(c=8))

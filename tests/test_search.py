@@ -1,4 +1,4 @@
-"""The segmentation net chosen by the data (copper_jax/sweep/search.py): candidates, the rule, and a tiny search."""
+"""The segmentation net chosen by the data (copper_jax/model_search.py): candidates, the rule, and a tiny search."""
 import json
 import os
 
@@ -8,7 +8,7 @@ from configs import sweep as sweep_configs
 from copper_jax.errors import ConfigError
 from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep_run
-from copper_jax.sweep import search
+from copper_jax import model_search as search
 
 
 def _row(name, rf, control, error):
@@ -79,7 +79,7 @@ def test_a_search_without_controls_is_refused_before_training(tmp_path):
   config.model.search.enabled = True
   config.control.permutations = 0
   with pytest.raises(ConfigError, match="control.permutations"):
-    sweep_run.run_sweep(config, str(tmp_path), quiet=True)
+    search.search_then_sweep(config, str(tmp_path), quiet=True)
   assert not os.path.exists(tmp_path / "search")
 
 
@@ -91,7 +91,7 @@ def test_a_tiny_search_chooses_trains_once_and_reports(tmp_path):
   config.model.search.enabled = True
   config.model.search.points = ((4, 1, 1, 1), (4, 2, 1, 1))
   config.train.patch_size = 16  # the second candidate's 24 px field does not fit: it trains on 24 px patches
-  summary = sweep_run.run_sweep(config, str(tmp_path), quiet=True)
+  summary = search.search_then_sweep(config, str(tmp_path), quiet=True)
 
   with open(tmp_path / "search.json") as f:
     table = json.load(f)

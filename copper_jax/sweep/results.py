@@ -9,6 +9,8 @@ One criterion everywhere: a fixed hypothesis "fits best" only when the paired 95
 excess error over it lies above zero; the rivals whose interval reaches zero are named as not told apart. Before
 any of that, the permuted-target control (`hypotheses.permuted_controls`) says whether the errors mean anything.
 """
+import dataclasses
+
 import numpy as np
 
 from copper_jax import hypotheses as hypotheses_lib
@@ -77,60 +79,103 @@ def _on_pinned_scale(values_T):
   return (values_T - values_T[0]) / span if abs(span) > 1e-12 else None
 
 
+def _hypothesis_row(k, hyp, *, raw, units, num_seeds, final_targets, diverged, num_labels, f_true):
+  """(row of sweep.json's "hypotheses" for hypothesis k, {split: (S, N) squared errors} when no seed diverged)."""
+  members_k = members.hypothesis_members(k, num_seeds)
+  all_seeds = list(range(num_seeds))
+  alive = [s for s in all_seeds if not diverged[members_k[s]]]
+  row = hyp.to_json()
+  row.update(learned=hyp.learned, control=hyp.control)
+  row["targets_per_seed"] = final_targets[members_k].tolist()
+  kept = [members_k[s] for s in alive] or members_k
+  row["targets"] = final_targets[kept].mean(0).tolist()
+  row["diverged_seeds"] = [s for s in all_seeds if s not in alive]
+  row["diverged"] = not alive
+  row["loss"], row["mean_mask"], row["iou"] = {}, {}, {}
+  losses = {}
+  for split, r in raw.items():
+    if not alive:
+      continue
+    kept = [members_k[s] for s in alive]
+    loss_SxN = np.square(r["fraction"][kept] - r["target"][kept]).astype(np.float64)
+    unit_N, unit_labels, _ = units[split]
+    row["loss"][split] = {**_interval(loss_SxN, unit_N, unit_labels), "per_seed": loss_SxN.mean(1).tolist(),
+                          "num_images": int(loss_SxN.shape[1])}
+    if len(alive) == num_seeds:
+      losses[split] = loss_SxN
+    fraction_N = r["fraction"][kept].mean(0)
+    row["mean_mask"][split] = [float(fraction_N[r["label"] == t].mean()) if np.any(r["label"] == t) else None
+                               for t in range(num_labels)]
+    if "tp" in r:
+      row["iou"][split] = _iou({c: r[c][kept] for c in ("tp", "fp", "fn", "tn")})
+  if f_true is not None:
+    row["rmse_to_f_true"] = float(np.sqrt(np.mean(np.square(np.asarray(row["targets"]) - f_true))))
+  return row, losses
+
+
+def _ranks(rows, split) -> dict:
+  """{name: rank} of the members that did not diverge and are not controls, by their `split` error."""
+  ranked = sorted([r for r in rows if not r["diverged"] and not r["control"] and split in r["loss"]],
+                  key=lambda r: r["loss"][split]["mean"])
+  return {r["name"]: i + 1 for i, r in enumerate(ranked)}
+
+
+def _learned_g(rows) -> dict | None:
+  """The jointly learned curve with the isotonic fit of its own training masks, or None without one."""
+  learned = [r for r in rows if r["learned"] and not r["diverged"]]
+  if not learned:
+    return None
+  r = learned[0]
+  observed = list(r["mean_mask"].get("train", []))
+  return {"name": r["name"], "curve": r["targets"], "per_seed": r["targets_per_seed"],
+          "isotonic_fit_of_train_masks": (hypotheses_lib.isotonic_fit(observed).tolist()
+                                          if observed and None not in observed else None)}
+
+
+def _all_smoothed_baseline(raw, split, dataset) -> dict | None:
+  """The IoU of a mask calling every pixel smoothed, where the truth is known."""
+  if "tp" not in raw.get(split, {}):
+    return None
+  smoothed = sum(float(np.sum(dataset.masks[i])) for i in raw[split]["index"])
+  pixels = len(raw[split]["index"]) * float(np.prod(dataset.image_shape))
+  return _iou({"tp": smoothed, "fp": pixels - smoothed, "fn": 0.0, "tn": 0.0})
+
+
 def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, receptive_field) -> dict:
   """The content of sweep.json from raw per-member evaluation arrays (see `sweep.run.evaluate_members`)."""
-  num_labels = dataset.num_classes
   manifest = dataset.manifest or {}
   f_true = np.asarray(manifest["f_true_values"], np.float64) if "f_true_values" in manifest else None
   rank_split = "val" if "val" in raw else "test"
   specimens = getattr(dataset, "specimens", None)
   units = {split: _evidence_units(r, specimens) for split, r in raw.items()}
-  all_seeds = list(range(num_seeds))
-  losses = {}  # (name, split) -> (S, N) squared errors of the members that did not diverge, when all did not
-
-  rows = []
-  for k, hyp in enumerate(hypotheses):
-    members_k = members.hypothesis_members(k, num_seeds)
-    alive = [s for s in all_seeds if not diverged[members_k[s]]]
-    row = hyp.to_json()
-    row.update(learned=hyp.learned, control=hyp.control)
-    row["targets_per_seed"] = final_targets[members_k].tolist()
-    kept = [members_k[s] for s in alive] or members_k
-    row["targets"] = final_targets[kept].mean(0).tolist()
-    row["diverged_seeds"] = [s for s in all_seeds if s not in alive]
-    row["diverged"] = not alive
-    row["loss"], row["mean_mask"], row["iou"] = {}, {}, {}
-    for split, r in raw.items():
-      if not alive:
-        continue
-      kept = [members_k[s] for s in alive]
-      loss_SxN = np.square(r["fraction"][kept] - r["target"][kept]).astype(np.float64)
-      unit_N, unit_labels, _ = units[split]
-      row["loss"][split] = {**_interval(loss_SxN, unit_N, unit_labels), "per_seed": loss_SxN.mean(1).tolist(),
-                            "num_images": int(loss_SxN.shape[1])}
-      if len(alive) == num_seeds:
-        losses[(hyp.name, split)] = loss_SxN
-      fraction_N = r["fraction"][kept].mean(0)
-      row["mean_mask"][split] = [float(fraction_N[r["label"] == t].mean()) if np.any(r["label"] == t) else None
-                                 for t in range(num_labels)]
-      if "tp" in r:
-        row["iou"][split] = _iou({c: r[c][kept] for c in ("tp", "fp", "fn", "tn")})
-    if f_true is not None:
-      row["rmse_to_f_true"] = float(np.sqrt(np.mean(np.square(np.asarray(row["targets"]) - f_true))))
-    rows.append(row)
-
-  ranked = sorted([r for r in rows if not r["diverged"] and not r["control"] and rank_split in r["loss"]],
-                  key=lambda r: r["loss"][rank_split]["mean"])
-  for i, r in enumerate(ranked):
-    r["rank"] = i + 1
-  for r in rows:
-    r.setdefault("rank", None)
+  built = [_hypothesis_row(k, hyp, raw=raw, units=units, num_seeds=num_seeds, final_targets=final_targets,
+                           diverged=diverged, num_labels=dataset.num_classes, f_true=f_true)
+           for k, hyp in enumerate(hypotheses)]
+  losses = {(row["name"], split): loss for row, by_split in built for split, loss in by_split.items()}
+  ranks = _ranks([row for row, _ in built], rank_split)
+  rows = [dict(row, rank=ranks.get(row["name"])) for row, _ in built]
+  ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
   fixed = [r for r in ranked if not r["learned"]]
   leader = fixed[0]["name"] if fixed else None
   paired = _paired_excess(rows, leader, rank_split, losses, units[rank_split]) if leader else {}
+  rows = [dict(r, excess_over_leader=paired[r["name"]]) if r["name"] in paired else r for r in rows]
+  ranked = sorted((r for r in rows if r["rank"] is not None), key=lambda r: r["rank"])
+  fixed = [r for r in ranked if not r["learned"]]
+  truth, on_scale = _truth(manifest, f_true, rows) if f_true is not None else (None, {})
+  rows = [dict(r, rmse_to_f_true_on_scale=on_scale[r["name"]]) if r["name"] in on_scale else r for r in rows]
 
   unit_N, unit_labels, unit_kind = units[rank_split]
-  summary = {
+  evidence = _evidence(num_seeds, unit_kind, len(unit_labels), len(raw[rank_split]["index"]), unit_labels,
+                       rank_split, specimens)
+  control = _control(rows, leader, rank_split, raw[rank_split])
+  verdict = _verdict(fixed, rank_split, paired, control, evidence)
+  adequacy = _adequacy(ranked, leader, paired)
+  if adequacy["learned_fits_better"] and verdict["leader"]:
+    verdict["verdict"] += (" But the learned curve fits clearly better than every listed hypothesis: none of the "
+                           "listed hypotheses is adequate (the learned curve's values are in the report).")
+  optional = {"f_true": truth, "iou_all_smoothed_baseline": _all_smoothed_baseline(raw, rank_split, dataset),
+              "learned_g": _learned_g(rows)}
+  return {
       "labels": {"stress_times": dataset.stress_times.tolist(), "tau": dataset.tau.tolist(),
                  "names": list(dataset.label_names)},
       "data": {"root": dataset.root, "num_images": len(dataset.images), "image_shape": list(dataset.image_shape),
@@ -139,29 +184,9 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
       "ranking_measure": "held-out proportion MSE, (mean mask - g(t))^2 per image",
       "hypotheses": rows, "ranking": [r["name"] for r in ranked],
       "what_the_mask_is": WHAT_THE_MASK_IS,
-      "evidence": _evidence(num_seeds, unit_kind, len(unit_labels), len(raw[rank_split]["index"]), unit_labels,
-                            rank_split, specimens),
+      "evidence": evidence, "control": control, **verdict, "adequacy": adequacy,
+      **{key: value for key, value in optional.items() if value is not None},
   }
-  summary["control"] = _control(rows, leader, rank_split, raw[rank_split])
-  summary.update(_verdict(fixed, rank_split, paired, summary["control"], summary["evidence"]))
-  summary["adequacy"] = _adequacy(ranked, leader, paired)
-  if summary["adequacy"]["learned_fits_better"] and summary["leader"]:
-    summary["verdict"] += (" But the learned curve fits clearly better than every listed hypothesis: none of the "
-                           "listed hypotheses is adequate (the learned curve's values are in the report).")
-  if f_true is not None:
-    summary["f_true"] = _truth(manifest, f_true, rows)
-  if "tp" in raw.get(rank_split, {}):
-    smoothed = sum(float(np.sum(dataset.masks[i])) for i in raw[rank_split]["index"])
-    pixels = len(raw[rank_split]["index"]) * float(np.prod(dataset.image_shape))
-    summary["iou_all_smoothed_baseline"] = _iou({"tp": smoothed, "fp": pixels - smoothed, "fn": 0.0, "tn": 0.0})
-  learned = [r for r in rows if r["learned"] and not r["diverged"]]
-  if learned:
-    r = learned[0]
-    observed = [v for v in r["mean_mask"].get("train", [])]
-    summary["learned_g"] = {"name": r["name"], "curve": r["targets"], "per_seed": r["targets_per_seed"],
-                            "isotonic_fit_of_train_masks": (hypotheses_lib.isotonic_fit(observed).tolist()
-                                                            if observed and None not in observed else None)}
-  return summary
 
 
 def _paired_excess(rows, leader, split, losses, units) -> dict:
@@ -169,13 +194,9 @@ def _paired_excess(rows, leader, split, losses, units) -> dict:
   if (leader, split) not in losses:
     return {}
   unit_N, unit_labels, _ = units
-  out = {}
-  for r in rows:
-    if r["name"] != leader and (r["name"], split) in losses:
-      diff_SxN = losses[(r["name"], split)] - losses[(leader, split)]
-      out[r["name"]] = {"split": split, **_interval(diff_SxN, unit_N, unit_labels)}
-      r["excess_over_leader"] = out[r["name"]]
-  return out
+  return {r["name"]: {"split": split, **_interval(losses[(r["name"], split)] - losses[(leader, split)], unit_N,
+                                                  unit_labels)}
+          for r in rows if r["name"] != leader and (r["name"], split) in losses}
 
 
 def _evidence(num_seeds, unit_kind, num_units, num_images, unit_labels, split, specimens) -> dict:
@@ -305,9 +326,10 @@ def _adequacy(ranked, leader, paired) -> dict:
           "learned_excess_over_leader": excess, "learned_curve": learned[0]["targets"]}
 
 
-def _truth(manifest, f_true, rows) -> dict:
+def _truth(manifest, f_true, rows) -> tuple[dict, dict]:
   """Where the generator's true fraction is known: which fixed hypothesis is closest to it on the hypotheses' own
-  pinned scale, and where it ranked among the fixed hypotheses."""
+  pinned scale, and where it ranked among the fixed hypotheses; with {name: RMSE to it on that scale} of the fixed
+  hypotheses."""
   confounded = bool(manifest.get("confounded", False))
   on_scale = None if confounded else _on_pinned_scale(f_true)
   out = {"name": manifest.get("f_true"), "values": f_true.tolist(), "confounded": confounded,
@@ -315,13 +337,12 @@ def _truth(manifest, f_true, rows) -> dict:
   fixed = [r for r in rows if not r["learned"] and not r["control"]]
   if on_scale is None:
     # The smoothed area does not change with t here: no hypothesis of area is true, so none is "closest".
-    return dict(out, closest_hypothesis=None, closest_rank=None, closest_ranked_first=None)
-  for r in fixed:
-    r["rmse_to_f_true_on_scale"] = float(np.sqrt(np.mean(np.square(np.asarray(r["targets"]) - on_scale))))
-  closest = min(fixed, key=lambda r: r["rmse_to_f_true_on_scale"])
+    return dict(out, closest_hypothesis=None, closest_rank=None, closest_ranked_first=None), {}
+  rmse = {r["name"]: float(np.sqrt(np.mean(np.square(np.asarray(r["targets"]) - on_scale)))) for r in fixed}
+  closest = min(fixed, key=lambda r: rmse[r["name"]])
   order = [r["name"] for r in sorted((r for r in fixed if r["rank"] is not None), key=lambda r: r["rank"])]
   rank = order.index(closest["name"]) + 1 if closest["name"] in order else None
-  return dict(out, closest_hypothesis=closest["name"], closest_rank=rank, closest_ranked_first=rank == 1)
+  return dict(out, closest_hypothesis=closest["name"], closest_rank=rank, closest_ranked_first=rank == 1), rmse
 
 
 def headline(summary) -> str:
@@ -337,3 +358,34 @@ def headline(summary) -> str:
     line += (f" (Synthetic ground truth f_true={f['name']}: closest fixed hypothesis {f['closest_hypothesis']}, "
              f"ranked {f['closest_rank']}.)")
   return line
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What a job composing sweeps reads of one sweep's result: its permuted-target control and its best fixed
+  hypothesis, with that hypothesis's held-out error (on `error_split`) and, where truth is known, mask quality."""
+  control: str                      # passed | fired | inconclusive | not run
+  control_share: float | None       # the share of its targets' variance the closest control explains
+  control_ci95: list | None
+  control_bar: float | None
+  best_hypothesis: str | None       # the best-ranked fixed hypothesis
+  best_error: float | None
+  error_split: str
+  best_mean_iou: float | None       # its masks' mean IoU against the truth (synthetic data)
+  local_std_mean_iou: float | None  # the local-std filter's, for comparison
+
+
+def outcome(summary: dict) -> Outcome:
+  """The `Outcome` of a sweep from its summary (the content of sweep.json)."""
+  split = summary["rank_split"]
+  fixed = [h for h in summary["hypotheses"] if h["rank"] is not None and not h["learned"]]
+  best = min(fixed, key=lambda h: h["rank"]) if fixed else None
+  control = summary["control"]
+  best_control = control.get("per_member", {}).get(control.get("best"), {})
+  quality = summary.get("mask_quality", {})
+  return Outcome(control=control["state"], control_share=best_control.get("explained_share"),
+                 control_ci95=best_control.get("ci95"), control_bar=control.get("bar"),
+                 best_hypothesis=best["name"] if best else None,
+                 best_error=best["loss"][split]["mean"] if best else None, error_split=split,
+                 best_mean_iou=quality.get("mean_iou", {}).get(best["name"], {}).get("single") if best else None,
+                 local_std_mean_iou=quality.get("local_std_filter", {}).get("mean_iou"))

@@ -21,7 +21,7 @@ from copper_jax.store import checkpoint, workdir
 from copper_jax.store import tables
 from copper_jax.store.logs import LateFetch, MetricWriter, Progress, is_time, log, read_metrics, truncate_after
 from copper_jax.sweep import program as program_lib
-from copper_jax.sweep import results, search
+from copper_jax.sweep import results
 
 SWEEP_FILE = "sweep.json"
 
@@ -168,8 +168,9 @@ def model_from_grid(config, quiet: bool = False):
   return config
 
 
-def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
-  """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`."""
+def run_sweep(config, work_dir: str, quiet: bool = False, sections: dict | None = None) -> dict:
+  """Trains, evaluates and reports a hypothesis sweep; returns the content of `workdir/sweep.json`. `sections`:
+  finished parts of sweep.json from a job that composes sweeps (e.g. the model search's table), kept as given."""
   hyps = program_lib.validate_config(config)
   if config.model_from_grid:
     config = model_from_grid(config, quiet)
@@ -178,10 +179,6 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
   with workdir.locked_start(work_dir) as start:
-    if search.enabled(config):
-      # The candidates' runs are minutes of work each: kept even if a later check refuses this start.
-      start.commit()
-      config = search.choose_model(config, work_dir, run_sweep, SWEEP_FILE, quiet)
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
     run_config.check_resume(work_dir, config, config_rules.SWEEP, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
@@ -190,10 +187,10 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
     run_config.save(work_dir, config, config_rules.SWEEP, "a sweep")
     start.commit()
     sweep, states = train(config, work_dir, dataset, split, hyps, quiet)
-    return finish(config, work_dir, dataset, split, sweep, states, quiet)
+    return finish(config, work_dir, dataset, split, sweep, states, quiet, sections)
 
 
-def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict:
+def finish(config, work_dir, dataset, split, sweep, states, quiet=False, sections=None) -> dict:
   """Evaluation, summary, figures and report from trained states (shared by the sweep and `evaluate`)."""
   log("evaluating every member on whole images", quiet)
   raw = evaluate_members(sweep, states, dataset, split, config.eval.batch_size)
@@ -203,17 +200,13 @@ def finish(config, work_dir, dataset, split, sweep, states, quiet=False) -> dict
   overlay_idx = splits.pick_overlay_images(dataset.labels, held_out, config.eval.num_overlays)
   masks = overlay_masks(sweep, states, dataset, overlay_idx, config.eval.batch_size)
   rf = analysis.receptive_field("segmentation", config.model.c, config.model.d, config.model.n, config.model.N)
-  summary = results.summarise(
-      raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds, final_targets=final_targets_MxT,
-      diverged=diverged_M, dataset=dataset, receptive_field=rf)
+  more = {**(sections or {}), "config": config.to_dict(), "determinism": determinism.record()}
   if dataset.masks is not None:
-    summary["mask_quality"] = {"split": "test" if len(split.get("test", [])) else "val", **held_out_mask_quality(
+    more["mask_quality"] = {"split": "test" if len(split.get("test", [])) else "val", **held_out_mask_quality(
         sweep, states, dataset, held_out, config.eval.batch_size)}
-  searched = search.summary_of(work_dir) if search.enabled(config) else None
-  if searched is not None:
-    summary["model_search"] = searched
-  summary["config"] = config.to_dict()
-  summary["determinism"] = determinism.record()
+  summary = {**results.summarise(raw=raw, hypotheses=sweep.hypotheses, num_seeds=config.num_seeds,
+                                 final_targets=final_targets_MxT, diverged=diverged_M, dataset=dataset,
+                                 receptive_field=rf), **more}
   if processes.is_primary():  # the other processes computed the same summary (copper_jax.processes)
     write_outputs(work_dir, summary, dataset, overlay_idx, masks, make_report=config.eval.report)
   log(results.headline(summary), quiet)
@@ -275,8 +268,9 @@ def _classifier_section(work_dir, summary, classifier_dir):
                                   grid_csv=grid_csv if os.path.exists(grid_csv) else None)
 
 
-def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:
-  """Recomputes sweep.json, the figures and the report from the workdir's saved config and latest checkpoint.
+def evaluate_sweep(config, work_dir: str, quiet: bool = False, sections: dict | None = None) -> dict:
+  """Recomputes sweep.json, the figures and the report from the workdir's saved config and latest checkpoint;
+  `sections` as for `run_sweep`.
 
   The checkpoints are only read. A sweep reports every split and ranks on validation.
   """
@@ -289,4 +283,4 @@ def evaluate_sweep(config, work_dir: str, quiet: bool = False) -> dict:
     if states is None:
       raise CheckpointError(f"no checkpoint in {work_dir}/checkpoints; train first with launch/sweep.py")
     log(f"evaluating the sweep checkpoint of step {step}", quiet)
-    return finish(config, work_dir, dataset, split, sweep, states, quiet)
+    return finish(config, work_dir, dataset, split, sweep, states, quiet, sections)

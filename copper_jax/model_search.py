@@ -1,4 +1,5 @@
-"""The segmentation net chosen by the data: which receptive field lets masks localise without reading t globally.
+"""The segmentation net chosen by the data: a job above the sweep that trains one sweep per candidate net, keeps the
+candidates whose permuted-target control passed, and runs the sweep with the best of them.
 
 Too small a receptive field and the net cannot recognise the texture, so the masks do not localise and the ranking
 falls to whichever target is easiest to fit; too large and it can estimate the global fraction (or any other cue of
@@ -13,28 +14,31 @@ smaller than its field has only ever seen zero padding where its outer field sho
 be judged with a field it never learned to use, and the search could not reach the side of the trade-off where the
 field is wide enough to read t.
 
-Writes workdir/search.json and search.md; the sweep's summary carries the table into sweep.json and the report.
+Which receptive field lets masks localise without reading t globally: see below. `search_then_sweep(config,
+workdir)` is what launch/sweep.py calls when `model.search.enabled`. Writes workdir/search.json and search.md, and
+hands the table to the sweep as a finished section of sweep.json and the report; the sweep does not know the search
+exists. Each candidate's result is read as a `results.Outcome`.
 """
 import copy
 import os
 import shutil
 
+import dataclasses
+
 from copper_jax import device_memory, members
 from copper_jax.data import sampler
-from copper_jax.data.prepare import prepare_training_data
+from copper_jax.data.prepare import check_patch_fits, prepare_training_data
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.models import analysis
 from copper_jax.store import workdir
 from copper_jax.store.logs import log
 from copper_jax.sweep import program as program_lib
+from copper_jax.sweep import results
+from copper_jax.sweep import run as sweep_run
 
 SEARCH_DIR = "search"
 SEARCH_FILE = "search.json"
 AXES = ("c", "d", "n", "N")
-
-
-def enabled(config) -> bool:
-  return bool(config.model.search.enabled)
 
 
 def candidates(config) -> list[tuple[int, int, int, int]]:
@@ -83,26 +87,28 @@ def _training_memory_mb(cfg, dataset, split) -> float:
   return device_memory.compiled_bytes(compiled) / 2 ** 20
 
 
-def _row_from_summary(row: dict, summary: dict) -> None:
-  split = summary["rank_split"]
-  fixed = [h for h in summary["hypotheses"] if h["rank"] is not None and not h["learned"]]
-  best = min(fixed, key=lambda h: h["rank"]) if fixed else None
-  control = summary["control"]
-  best_control = control.get("per_member", {}).get(control.get("best"), {})
-  quality = summary.get("mask_quality", {}).get("mean_iou", {})
-  row.update(status="trained", control=control["state"], control_share=best_control.get("explained_share"),
-             control_ci95=best_control.get("ci95"), control_bar=control.get("bar"),
-             best_hypothesis=best["name"] if best else None,
-             best_error=best["loss"][split]["mean"] if best else None, error_split=split,
-             best_mean_iou=(quality.get(best["name"], {}).get("single") if best else None),
-             local_std_mean_iou=summary.get("mask_quality", {}).get("local_std_filter", {}).get("mean_iou"))
+def _trained_row(row: dict, outcome: results.Outcome) -> None:
+  row.update(status="trained", **dataclasses.asdict(outcome))
 
 
-def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: bool = False):
-  """Trains every candidate not trained yet with `run_sweep(config, workdir, quiet)` (the sweep's own job, which
-  writes `summary_file`), writes search.json / search.md, and returns a copy of `config` whose model.c/d/n/N are
-  the chosen candidate's. When candidates train for the sweep's full duration, the chosen one's checkpoints become
-  the sweep's, so it is not trained twice. Call inside the workdir's lock."""
+def search_then_sweep(config, work_dir: str, quiet: bool = False) -> dict:
+  """Chooses the net (`choose_model`), then runs the sweep with it in `work_dir`, handing it the search's table;
+  returns the sweep's sweep.json content."""
+  program_lib.validate_config(config)
+  work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
+  check_patch_fits(config)
+  with workdir.locked_start(work_dir) as start:
+    # The candidates' runs are minutes of work each: kept even if a later check refuses this start.
+    start.commit()
+    chosen = choose_model(config, work_dir, quiet)
+  return sweep_run.run_sweep(chosen, work_dir, quiet, sections=saved_sections(work_dir))
+
+
+def choose_model(config, work_dir: str, quiet: bool = False):
+  """Trains every candidate not trained yet as a sweep of its own (in workdir/search/<name>/), writes search.json /
+  search.md, and returns a copy of `config` whose model.c/d/n/N are the chosen candidate's. When candidates train
+  for the sweep's full duration, the chosen one's checkpoints become the sweep's, so it is not trained twice. Call
+  inside the workdir's lock."""
   points = candidates(config)
   data_root = os.path.join(work_dir, "data")
   dataset, split = prepare_training_data(config, work_dir)
@@ -116,9 +122,10 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
            "patch_size": cfg.train.patch_size, "batch_size": cfg.train.batch_size,
            "train_steps": sampler.run_steps(cfg.train, dataset.image_shape, len(split["train"]))}
     where = f"candidate {number}/{len(points)} ({name}, receptive field {row['receptive_field']} px)"
-    done = os.path.join(point_dir, summary_file)
+    done = os.path.join(point_dir, sweep_run.SWEEP_FILE)
     if os.path.exists(done):
-      _row_from_summary(row, workdir.read_json(done, fix="delete that candidate's folder to train it again"))
+      _trained_row(row, results.outcome(workdir.read_json(done, fix="delete that candidate's folder to train it "
+                                                                     "again")))
       log(f"{where}: finished earlier, control {row['control']}", quiet)
       rows.append(row)
       continue
@@ -136,7 +143,7 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
       with open(os.path.join(work_dir, "splits.json"), "rb") as f:
         workdir.atomic_write_bytes(os.path.join(point_dir, "splits.json"), f.read())
     try:
-      _row_from_summary(row, run_sweep(cfg, point_dir, quiet=True))
+      _trained_row(row, results.outcome(sweep_run.run_sweep(cfg, point_dir, quiet=True)))
     except UserError as e:  # one candidate that cannot run must not end the search; its reason goes in the table
       row.update(status="failed", reason=str(e))
       log(f"{where}: failed, {e}", quiet)
@@ -218,7 +225,10 @@ def markdown(table: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def summary_of(work_dir: str) -> dict | None:
-  """search.json of a sweep workdir, or None when its model was not searched."""
+def saved_sections(work_dir: str) -> dict:
+  """The sections the search hands the sweep's sweep.json and report: {"model_search": search.json}, or {} when
+  the workdir's net was not searched (evaluating a workdir again hands them again)."""
   path = os.path.join(work_dir, SEARCH_FILE)
-  return workdir.read_json(path, fix="delete it and rerun the sweep to search again") if os.path.exists(path) else None
+  if not os.path.exists(path):
+    return {}
+  return {"model_search": workdir.read_json(path, fix="delete it and rerun the sweep to search again")}
