@@ -39,7 +39,7 @@ def get_base() -> ml_collections.ConfigDict:
   # global fraction, which is what makes the ranking of hypotheses meaningful (docs/science.md, "Why the ranking can work").
   config.model = ml_collections.ConfigDict({"c": 8, "d": 2, "n": 1, "N": 1, "norm": "batch", "dtype": "float32"})
   config.model_from_grid = ""          # a grid-search workdir: model.c/d/n/N become its best classifier's
-  # The receptive field chosen by the data (copper_jax/sweep/search.py): each candidate trains the hypotheses and
+  # The receptive field chosen by the data (copper_jax/model_search.py): each candidate trains the hypotheses and
   # the permuted controls; of those whose control passed, the lowest held-out error of the best hypothesis wins.
   config.model.search = ml_collections.ConfigDict({
       "enabled": False,
