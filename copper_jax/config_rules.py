@@ -182,6 +182,9 @@ def _eval_split_problem(value, config) -> str | None:
 
 def _search_points_problem(value, config) -> str | None:
   points = list(value) if isinstance(value, (tuple, list)) else None
+  searching = config_utils.get(config, "model.search.enabled") is True  # checked just before
+  if points == [] and not searching:
+    return None  # no candidates: what a workdir saved before the search existed holds
   if not points:
     return "give at least one (c, d, n, N) candidate, e.g. ((8, 2, 1, 1), (8, 3, 1, 1))"
   for p in points:
@@ -189,7 +192,7 @@ def _search_points_problem(value, config) -> str | None:
         or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4096 for v in p)):
       return f"{p!r} is not a candidate: each is (c, d, n, N), four whole numbers >= 1"
   patch = config_utils.get(config, "train.patch_size")  # checked earlier in the table
-  if config_utils.get(config, "model.search.enabled") is True:
+  if searching:
     for p in points:
       if patch < 2 ** p[1]:
         return f"has d={p[1]}, which needs train.patch_size >= {2 ** p[1]}; drop that candidate or enlarge the patch"
@@ -304,8 +307,6 @@ COMMON = {
     "eval.batch_size": Key(_whole(lo=1, hi=_MAX_BATCH)),
 }
 
-_SEARCH_POINTS = ((8, 2, 1, 1), (8, 3, 1, 1), (8, 4, 1, 1))
-
 SWEEP = {
     **COMMON,
     "data.split": Key(Custom(lambda v, c: _split_problem(v, held_out=("val", "test")))),
@@ -324,7 +325,7 @@ SWEEP = {
     # Where the net comes from does not fix a checkpoint: what it chose (model.*) does.
     "model_from_grid": Key(Custom(_model_from_grid_problem), absent=""),
     "model.search.enabled": Key(Custom(_search_enabled_problem), absent=False),
-    "model.search.points": Key(Custom(_search_points_problem), absent=_SEARCH_POINTS),
+    "model.search.points": Key(Custom(_search_points_problem), absent=()),
     "model.search.num_steps": Key(_whole(lo=0, hi=_MAX_STEPS, unit="steps"), absent=0),
     "model.search.memory_mb": Key(Number(lo=0, unit="MiB"), absent=0.0),
     "members.chunk": Key(_whole(lo=0, hi=_MAX_BATCH)),

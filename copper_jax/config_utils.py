@@ -80,7 +80,7 @@ def check_keys(config, reference) -> None:
 
 
 def _count(train_config, name: str, prefix: str) -> int:
-  value = train_config.get(name, 0)
+  value = train_config[name]
   if value is None:
     return 0
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -103,7 +103,7 @@ def total_steps(train_config, num_train_images: int, prefix: str = "train.", pat
         "them > 0 and the other to 0")
   if num_steps:
     return num_steps
-  batch_size = train_config.get("batch_size", None)
+  batch_size = train_config["batch_size"]
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
     raise ConfigError(f"config.{prefix}batch_size={batch_size!r}: must be a whole number > 0")
   if num_train_images <= 0:
