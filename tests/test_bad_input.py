@@ -180,9 +180,10 @@ def test_resume_on_other_images_under_the_same_names_is_refused(trained, data_ro
 
 def test_resume_with_another_standardisation_is_refused(trained):
   work_dir, config = trained
-  with pytest.raises(DataError) as error:
+  # data.standardise changes what training computes, so it fixes the checkpoints: refused before the data load
+  with pytest.raises(ConfigError) as error:
     sweep_run.run_sweep(_smoke(**{"data.root": config.data.root, "data.standardise": "image"}), work_dir, quiet=True)
-  assert "data.standardise" in _one_line(error)
+  assert "data.standardise 'dataset' -> 'image'" in _one_line(error)
 
 
 def test_a_duration_shorter_than_the_checkpoint_is_refused(trained):
