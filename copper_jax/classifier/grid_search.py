@@ -114,7 +114,7 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
   data_root = os.path.join(work_dir, "data")
   for point in points:
     classifier_program.validate_config(point_config(config, point, data_root))
-  os.makedirs(work_dir, exist_ok=True)
+  workdir.claim(work_dir, workdir.GRID_SEARCH, "--workdir")
   with workdir.WorkdirLock(work_dir):
     _check_shared(config, work_dir)
     dataset, split = prepare_data(config, work_dir)
@@ -142,7 +142,7 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
         log(f"{where}: skipped, {row['reason']}", quiet)
       else:
         log(f"{where}: training ({row['params']} parameters, peak {row['peak_memory_mb']:g} MiB)", quiet)
-        os.makedirs(point_dir, exist_ok=True)
+        workdir.claim(point_dir, workdir.CLASSIFIER, "a grid point's workdir")
         # The search's split, so every point is judged on the same images.
         if not os.path.exists(os.path.join(point_dir, "splits.json")):
           with open(os.path.join(work_dir, "splits.json"), "rb") as f:

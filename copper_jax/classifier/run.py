@@ -253,7 +253,7 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   validate_config(config)
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
-  with workdir.locked_start(work_dir) as start:
+  with workdir.locked_start(work_dir, workdir.CLASSIFIER) as start:
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
     workdir.check_run_config(work_dir, config, FINGERPRINT_KEYS, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)

@@ -177,7 +177,7 @@ def run_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
-  with workdir.locked_start(work_dir) as start:
+  with workdir.locked_start(work_dir, workdir.SWEEP) as start:
     if search.enabled(config):
       # The candidates' runs are minutes of work each: kept even if a later check refuses this start.
       start.commit()

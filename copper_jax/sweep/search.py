@@ -147,7 +147,7 @@ def choose_model(config, work_dir: str, run_sweep, summary_file: str, quiet: boo
         rows.append(row)
         continue
     log(f"{where}: training {row['train_steps']} steps", quiet)
-    os.makedirs(point_dir, exist_ok=True)
+    workdir.claim(point_dir, workdir.SWEEP, "a candidate's workdir")
     if not os.path.exists(os.path.join(point_dir, "splits.json")):  # every candidate judged on the same images
       with open(os.path.join(work_dir, "splits.json"), "rb") as f:
         workdir.atomic_write_bytes(os.path.join(point_dir, "splits.json"), f.read())
