@@ -8,10 +8,8 @@ then scores every expert (accuracy with per-label Wilson intervals, confusion, m
 Spearman), tests each against the classifier on the same images (exact McNemar), draws the paper's Figure 7 (an
 expert) and Figure 8 (the classifier), and writes every answer to `workdir/blind_test/answers.csv`.
 """
-import csv
 import datetime
 import http.server
-import io
 import json
 import os
 import re
@@ -502,11 +500,7 @@ def answer_rows(session: dict, answers_by_path: dict) -> list:
 
 
 def write_answers_csv(path: str, rows: list) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  workdir.atomic_write_text(path, buffer.getvalue())
+  tables.write_dict_csv(path, CSV_COLUMNS, rows)
 
 
 def headline(name: str, expert: dict) -> str:

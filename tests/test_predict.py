@@ -15,6 +15,8 @@ import tifffile
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
 from copper_jax import members, predict
+from copper_jax.prediction import tiling
+from copper_jax.prediction import sweep as prediction_sweep
 from copper_jax.classifier import run as classifier
 from copper_jax.data.prepare import prepare_data
 from copper_jax.store import workdir
@@ -40,7 +42,7 @@ def _test_files(work_dir):
 
 @pytest.mark.parametrize("size, tile, margin", [(64, 64, 8), (200, 64, 16), (96, 40, 8), (4096, 512, 88)])
 def test_tile_plan_covers_every_pixel_once_from_a_tile_centre(size, tile, margin):
-  plan = predict.tile_plan(size, tile, margin)
+  plan = tiling.tile_plan(size, tile, margin)
   kept = np.zeros(size, int)
   for start, lo, hi in plan:
     assert start % 8 == 0 and 0 <= start and start + min(tile, size) <= size
@@ -71,9 +73,9 @@ def test_tiled_prediction_equals_the_whole_image_one(random_logits_fn, shape):
   whole = np.asarray(random_logits_fn(image[None, ..., None])[0])
   config = sweep_configs.get_config("smoke").model
   config.update({"c": 4, "d": 2})
-  tile, margin, multiple = predict.tile_geometry(config, 64)
+  tile, margin, multiple = tiling.tile_geometry(config, 64)
   assert margin >= receptive_field("segmentation", 4, 2, 1, 1) and margin % multiple == 0
-  tiled = predict.predict_tiled(random_logits_fn, image, tile, margin, multiple)
+  tiled = tiling.predict_tiled(random_logits_fn, image, tile, margin, multiple)
   assert tiled.shape == shape and whole.std() > 0.3
   np.testing.assert_allclose(tiled, whole, atol=1e-5 * np.abs(whole).max(), rtol=0)
 
@@ -81,7 +83,7 @@ def test_tiled_prediction_equals_the_whole_image_one(random_logits_fn, shape):
 def test_a_tile_too_small_for_the_receptive_field_is_refused():
   config = sweep_configs.get_config("smoke").model
   with pytest.raises(ConfigError, match="tile=16"):
-    predict.tile_geometry(config, 16)
+    tiling.tile_geometry(config, 16)
 
 
 def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
@@ -194,7 +196,7 @@ def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp
   from copper_jax import config_utils
   work_dir, _ = smoke
   files, _ = _test_files(work_dir)
-  monkeypatch.setattr(predict, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
+  monkeypatch.setattr(prediction_sweep, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
   predictor = predict.SweepPredictor(work_dir, member="linear")
   # A random head, so that a seam or a shifted tile would show (the trained smoke head is nearly flat).
   head = predictor.state.params["net"]["head"]
