@@ -528,8 +528,9 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
   """
   from copper_jax.viz import plots
   folder = os.path.join(os.path.abspath(work_dir), FOLDER)
-  files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and f != RESULTS_FILE) \
-      if os.path.isdir(folder) else []
+  # Hidden files (the folder's ownership mark) are not answers.
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and f != RESULTS_FILE
+                 and not f.startswith(".")) if os.path.isdir(folder) else []
   model_dir, model = _model_results(work_dir, classifier_dir)
   model_test = model["splits"].get("test") if model else None
   by_path = model_answers(model)

@@ -289,7 +289,7 @@ def test_an_unusable_workdir_is_refused_before_any_work(tmp_path, data_roots, ca
 
 
 def _fake_sweep_workdir(path):
-  os.makedirs(path)
+  workdir.claim(path, workdir.SWEEP, "--workdir")
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(_smoke().to_dict(), f, default=list)
 

@@ -107,6 +107,8 @@ def check_output_folder(path, flag: str, inputs=()) -> str:
 
   Nothing is left behind: writability is tried with a temporary file that is removed at once.
   """
+  if isinstance(path, os.PathLike):
+    path = os.fspath(path)
   if not isinstance(path, str) or not path.strip():
     raise UserError(f"{flag} is empty: give the folder to write into, e.g. {flag}=runs/mine")
   absolute = os.path.abspath(path)
