@@ -97,6 +97,10 @@ def load_or_make_splits(workdir: str, dataset, sizes, seed: int) -> dict:
   path = os.path.join(workdir, SPLITS_FILE)
   if os.path.exists(path):
     return _reuse(path, dataset, sizes, seed)
+  if _has_checkpoints(workdir):
+    # A new split would put some of the images the model was tested on into its training set, unnoticed.
+    raise DataError(f"{path} is missing, but {workdir} holds checkpoints trained on the split it recorded: restore "
+                    f"it from a backup (a new split would mix test images into training), or use a fresh --workdir")
   sizes, _ = _check_sizes(sizes)
   splits = make_splits(dataset.labels, dataset.num_classes, sizes, seed, dataset.label_names,
                        getattr(dataset, "specimens", None))
@@ -105,6 +109,11 @@ def load_or_make_splits(workdir: str, dataset, sizes, seed: int) -> dict:
   if not _write_new(path, content):
     return _reuse(path, dataset, sizes, seed)  # a concurrent run saved its splits first; use those
   return splits
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
 def _check_sizes(sizes):
