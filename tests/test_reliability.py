@@ -23,6 +23,7 @@ from configs import sweep as sweep_configs
 from copper_jax import preemption
 from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
+from copper_jax.store import workdir
 from tests.reliability_helpers import (ROOT, Launch, assert_same_arrays, checkpoint_steps, json_files_are_whole,
                                        launcher_env, metric_steps, png_claiming, saved_arrays, saving_now, strict_json,
                                        text)
@@ -222,6 +223,7 @@ def _mount_tmpfs(folder, size):
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, cache, tmp_path):
   work_dir = str(tmp_path / "w")
   checkpoints = os.path.join(work_dir, "checkpoints")
+  workdir.claim(work_dir, workdir.SWEEP, "--workdir")  # the folder is the sweep's own, as if it had made it
   os.makedirs(checkpoints)
   # Room for two smoke checkpoints (about 140 kB each) but not for a third beside them.
   _mount_tmpfs(checkpoints, "300k")
