@@ -437,3 +437,30 @@ def test_classifier_stopped_by_sigint_off_its_log_steps_resumes_to_the_same_byte
   assert text(work_dir, "metrics.jsonl") == text(classifier_reference, "metrics.jsonl")
   assert _classifier_results(work_dir) == _classifier_results(classifier_reference)
   _assert_same_checkpoints(work_dir, classifier_reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment, signum", [("before_training", signal.SIGINT), ("before_training", signal.SIGTERM),
+                                            ("in_training", signal.SIGTERM), ("in_training", signal.SIGINT)])
+def test_two_signals_at_any_moment_give_one_line_and_a_run_that_resumes_to_the_same_bytes(reference, cache, tmp_path,
+                                                                                          moment, signum):
+  """A user pressing Ctrl-C twice, or a scheduler sending SIGTERM twice, before training (data, compilation) or
+  in it: one line, no traceback, and the same command then ends as an uninterrupted run."""
+  work_dir = str(tmp_path / "w")
+  run = Launch("sweep.py", [*SWEEP, f"--workdir={work_dir}"], f"{work_dir}.twice.log", cache)
+  when = {"before_training": lambda: os.path.exists(os.path.join(work_dir, workdir.MARK_FILE))
+          and not metric_steps(work_dir),
+          "in_training": lambda: 0 < max(metric_steps(work_dir), default=0) < STEPS - EVERY}[moment]
+  if not _signal_when(run, when, signum):
+    pytest.skip(f"the run ended before the moment {moment}")  # a machine too fast to catch it: nothing to check
+  time.sleep(0.05)
+  if run.proc.poll() is None:
+    run.proc.send_signal(signum)
+  status = run.wait(RUN_S)
+  name = signal.Signals(signum).name
+  last = run.output().strip().splitlines()[-1]
+  assert "Traceback" not in run.output(), run.output()
+  assert status in (preemption.EXIT_STATUS, 128 + signum), run.output()
+  assert last.startswith(f"stopped by {name}") and last.endswith("rerun the same command to resume"), last
+  _run_to_end("sweep.py", SWEEP, work_dir, cache, "after_twice.log")
+  _assert_same_sweep(work_dir, reference)
