@@ -24,6 +24,7 @@ from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.models import SegmentationNet, receptive_field
+from tests.reliability_helpers import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -246,12 +247,12 @@ def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
   files, _ = _test_files(work_dir)
   result = subprocess.run(
       [sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}", "--quiet",
-       f"--images={files[0]}", files[1]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+       f"--images={files[0]}", files[1]], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().splitlines() == [f"2 image(s) predicted, 0 skipped: {tmp_path / 'o'}/summary.csv"]
   assert result.stderr == ""
   bad = subprocess.run([sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}",
-                        "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "cubic" in bad.stderr
 
 

@@ -24,15 +24,15 @@ from copper_jax import preemption
 from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
 from copper_jax.store import workdir
-from tests.reliability_helpers import (ROOT, Launch, assert_same_arrays, checkpoint_steps, json_files_are_whole,
-                                       launcher_env, metric_steps, png_claiming, saved_arrays, saving_now, strict_json,
-                                       text)
+from tests.reliability_helpers import (HANG_S, ROOT, Launch, assert_same_arrays, checkpoint_steps,
+                                       json_files_are_whole, launcher_env, metric_steps, png_claiming, saved_arrays,
+                                       saving_now, strict_json, text)
 
 # The smoke sweep with a checkpoint every 4 of its 12 steps: steps 4, 8 and 12 are saved, the last two kept.
 STEPS, EVERY = 12, 4
 SWEEP = ["--config=configs/sweep.py:smoke", f"--config.train.num_steps={STEPS}",
          f"--config.train.checkpoint_every={EVERY}"]
-RUN_S = 300  # limit for one run to the end; about 25 s on 2 busy cores when it compiles, 10 s from the cache
+RUN_S = HANG_S  # one run to the end takes about 25 s on 2 busy cores when it compiles, 10 s from the cache
 HAS_CLASSIFIER = all(os.path.exists(os.path.join(ROOT, p)) for p in ("launch/train.py", "configs/classifier.py"))
 CLASSIFIER = ["--config=configs/classifier.py:smoke"]
 
