@@ -5,9 +5,9 @@ missing config file into one line on stderr and exit status 2, so a user sees wh
 not a traceback. A training run stopped by SIGTERM or SIGINT after saving its checkpoint (`preemption`) prints its
 one line and exits with `preemption.EXIT_STATUS`; stopped by either signal anywhere else (data preparation,
 compilation, evaluation, a second signal during training) it prints one line and exits with 128 + the signal's
-number, since every file is replaced whole and the last checkpoint is complete. It turns on JAX's persistent compilation cache (`compile_cache`)
-and applies the launcher's host-memory choice before JAX starts (see `host_memory`: keeping freed
-memory for reuse speeds up one-model programs and slows down many-member sweeps).
+number, since every file is replaced whole and the last checkpoint is complete. It turns on JAX's persistent
+compilation cache (`compile_cache`) and applies the launcher's host-memory choice before JAX starts (see
+`host_memory`: keeping freed memory for reuse speeds up one-model programs and slows down many-member sweeps).
 """
 import errno
 import os

@@ -249,10 +249,11 @@ def load_summary(config, work_dir: str) -> DataSummary:
   try:
     with open(path, encoding="utf-8") as f:
       raw = json.load(f)
-    summary = DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64), label_names=list(raw["label_names"]),
-                       image_shape=tuple(raw["image_shape"]), dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]),
-                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
-                       pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
+    summary = DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64),
+                          label_names=list(raw["label_names"]), image_shape=tuple(raw["image_shape"]),
+                          dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]), std=float(raw["std"]),
+                          split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+                          pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
                     f"instead") from None
