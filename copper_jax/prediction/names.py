@@ -75,10 +75,10 @@ def output_stems(found: list, out_dir: str, reserved) -> list:
         parts[-1] if _fits(parts[-1], limit, LONGEST_SUFFIX) else short_name(parts[-1])]
     if len(parts) > 1 and parts[0].casefold() in reserved:  # a sub-folder named like one of the run's files
       parts[0] = short_name(parts[0])
-    safe = os.path.join(*parts)
-    if safe.casefold() in taken:  # a.tif beside a.png: the second gets a name of its own file's full name
-      parts[-1] = short_name(os.path.basename(file) + "\0" + stem)
-      safe = os.path.join(*parts)
+    safe, again = os.path.join(*parts), 0
+    while safe.casefold() in taken:  # a.tif beside a.png (or one file given twice): a name of the file's own
+      parts[-1] = short_name(f"{os.path.basename(file)}\0{stem}\0{again}")
+      safe, again = os.path.join(*parts), again + 1
     taken.add(safe.casefold())
     result.append((file, safe))
   return result

@@ -22,13 +22,16 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def csv_cell(value):
   """`value` as a CSV cell: None empty, numbers (and booleans) unchanged, text that a spreadsheet would evaluate
-  prefixed with an apostrophe (shown, not run)."""
+  prefixed with an apostrophe (shown, not run), every line break as LF, and characters of a file name that are not
+  UTF-8 as backslash escapes."""
   if value is None:
     return ""
   if isinstance(value, (bool, numbers.Number)):
     return value
-  text = str(value)
-  if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+  # csv quotes a field holding "\n" (our line end) but not a lone "\r", which spreadsheets read as a row break.
+  text = str(value).replace("\r\n", "\n").replace("\r", "\n")
+  text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a name's undecodable bytes arrive as surrogates
+  if str(value).startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
     return "'" + text
   return text
 
