@@ -476,3 +476,27 @@ def test_a_workdir_from_before_the_ownership_mark_is_recognised_and_resumes(trai
   with pytest.raises(UserError, match="is a sweep workdir, not a classifier workdir"):
     from copper_jax.classifier import run as classifier_run
     classifier_run.train_and_evaluate(classifier_configs.get_config("smoke"), copy, quiet=True)
+
+
+def test_a_read_only_workdir_is_named_in_one_line_and_left_as_it_was(trained, tmp_path):
+  """A finished workdir on a read-only mount (an archive, a shared drive): evaluating or resuming it says so in one
+  line; its files are as they were."""
+  import subprocess
+  mount = str(tmp_path / "ro")
+  os.makedirs(mount)
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mount], check=False).returncode:
+    pytest.skip("no tmpfs mount here (needs root)")
+  try:
+    copy = os.path.join(mount, "w")
+    shutil.copytree(trained[0], copy)
+    subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+    before = _tree(copy)
+    for run in (lambda: sweep_run.evaluate_sweep(workdir.load_config(copy), copy, quiet=True),
+                lambda: sweep_run.run_sweep(trained[1], copy, quiet=True)):
+      with pytest.raises(UserError) as error:
+        run()
+      assert copy in _one_line(error) and ("cannot be written" in _one_line(error)
+                                           or "cannot write" in _one_line(error))
+    assert _tree(copy) == before
+  finally:
+    subprocess.run(["umount", "-l", mount], check=False)

@@ -309,8 +309,12 @@ class WorkdirLock:
     if not processes.is_primary():
       return self  # one job of several processes: the first one holds the lock for all
     fcntl = _fcntl()
-    os.makedirs(self.workdir, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise UserError(f"workdir {self.workdir} cannot be written ({e.strerror}): a run writes its results there; "
+                      f"make it writable, or copy it to a writable place and give that --workdir") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
