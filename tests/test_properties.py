@@ -345,7 +345,7 @@ NAME_PART = st.one_of(
                      "config.json", "a", "A", "café", "x y", "..x", "n" * 250, "é" * 130]),
     st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=300)
     .filter(lambda s: s not in (".", "..") and not s.startswith(".")))
-STEMS = st.lists(st.lists(NAME_PART, min_size=1, max_size=3).map(lambda parts: "/".join(parts)), min_size=1,
+STEMS = st.lists(st.lists(NAME_PART, min_size=1, max_size=20).map(lambda parts: "/".join(parts)), min_size=1,
                  max_size=8)
 
 
@@ -363,6 +363,7 @@ def test_output_names_always_fit_never_clash_and_never_take_the_runs_own_files(t
     assert all(len(os.fsencode(p)) <= limit for p in parts[:-1])
     assert len(os.fsencode(parts[-1] + prediction_names.LONGEST_SUFFIX)) <= limit
     assert len(parts) == 1 or parts[0].casefold() not in {r.casefold() for r in prediction_writers.RUN_FILES}
+    assert len(os.fsencode(os.path.join(str(tmp_path), safe) + prediction_names.LONGEST_SUFFIX)) < 4096
     assert safe.casefold() not in seen
     seen.add(safe.casefold())
   event(f"renamed {sum(a[1] != b[1] for a, b in zip(found, out))} of {len(found)}")

@@ -61,12 +61,13 @@ def _fits(part: str, limit: int, suffix: str = "") -> bool:
 
 def output_stems(found: list, out_dir: str, reserved) -> list:
   """`found` ([(file, stem)]) with every stem made writable: each folder part and the file part (with the longest
-  suffix) within the file system's name limit, the first part none of `reserved` (the run's own file names), and
-  no two images sharing outputs. Any other stem is kept as it is."""
+  suffix) within the file system's name limit, the whole path within its path limit, the first part none of
+  `reserved` (the run's own file names), and no two images sharing outputs. Any other stem is kept as it is."""
   try:
     limit = os.pathconf(workdir_existing(out_dir), "PC_NAME_MAX")
+    path_limit = os.pathconf(workdir_existing(out_dir), "PC_PATH_MAX")
   except (OSError, ValueError):
-    limit = 255
+    limit, path_limit = 255, 4096
   reserved = {r.casefold() for r in reserved}
   taken, result = set(), []
   for file, stem in found:
@@ -75,6 +76,8 @@ def output_stems(found: list, out_dir: str, reserved) -> list:
         parts[-1] if _fits(parts[-1], limit, LONGEST_SUFFIX) else short_name(parts[-1])]
     if len(parts) > 1 and parts[0].casefold() in reserved:  # a sub-folder named like one of the run's files
       parts[0] = short_name(parts[0])
+    if len(os.fsencode(os.path.join(os.path.abspath(out_dir), *parts) + LONGEST_SUFFIX)) >= path_limit:
+      parts = [short_name(stem)]  # folders nested too deep to write: one short name at the top
     safe, again = os.path.join(*parts), 0
     while safe.casefold() in taken:  # a.tif beside a.png (or one file given twice): a name of the file's own
       parts[-1] = short_name(f"{os.path.basename(file)}\0{stem}\0{again}")
