@@ -196,6 +196,15 @@ def test_launch_script(tmp_path):
                        capture_output=True, text=True, check=False)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "sqrt" in bad.stderr
+  (tmp_path / "a_file").write_text("mine")
+  (tmp_path / "theirs").mkdir()
+  (tmp_path / "theirs" / "notes.txt").write_text("mine")
+  for out, words in ((tmp_path / "a_file" / "set", "is a file"), (tmp_path / "theirs", "did not write")):
+    refused = subprocess.run([sys.executable, script, f"--out={out}", "--preset=tiny"], capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "Traceback" not in refused.stderr
+  assert (tmp_path / "a_file").read_text() == "mine" and os.listdir(tmp_path / "theirs") == ["notes.txt"]
 
 
 def _texture_image(texture, seed, fraction=0.5, **overrides):
