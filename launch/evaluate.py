@@ -31,6 +31,10 @@ def main(argv):
                                                              workdir.GRID_SEARCH))
   config = workdir.load_config(_WORKDIR.value)
   if kind == workdir.SWEEP:
+    given = [f for f, v in (("--split", _SPLIT.value), ("--cam", _CAM.value or None),
+                            ("--checkpoint", _CHECKPOINT.value)) if v is not None]
+    if given:  # a sweep reports every split from its latest checkpoint: these would be ignored
+      raise UserError(f"{_WORKDIR.value} is a sweep workdir: {', '.join(given)} only apply to a classifier")
     from copper_jax.sweep import run as sweep_run
     sweep_run.evaluate_sweep(config, _WORKDIR.value, _QUIET.value)
     print(f"report: {_WORKDIR.value}/report.html")
