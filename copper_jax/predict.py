@@ -44,7 +44,7 @@ def _logits_and_cam(model, state, image_1xHxWx1):
 
 def classifier_cams(classifier_dir: str, paths) -> dict:
   """{position in `paths`: (uint8 RGB CAM overlay, caption)} of a classifier workdir's predicted stress time."""
-  model = ClassifierPredictor(classifier_dir)
+  model = ClassifierPredictor(classifier_dir, _logits_and_cam)
   out = {}
   for j, path in enumerate(paths):
     image = model.reader.read(path)
@@ -63,7 +63,7 @@ def open_predictor(kind: str, work_dir: str, member: str | None = None, seed: in
              if value is not None]
     if given:
       raise UserError(f"{work_dir} is a classifier workdir: {', '.join(given)} only apply to a sweep")
-    return ClassifierPredictor(work_dir)
+    return ClassifierPredictor(work_dir, _logits_and_cam)
   return SweepPredictor(work_dir, member, seed, tile)
 
 

@@ -21,10 +21,9 @@ class ClassifierPredictor:
   the whole image.
   """
 
-  def __init__(self, work_dir: str):
-    # The class-map function lives beside classifier_cams in copper_jax.predict for now; imported here, when a
-    # predictor is made, because that module imports this one.
-    from copper_jax.predict import _logits_and_cam  # pylint: disable=import-outside-toplevel
+  def __init__(self, work_dir: str, logits_and_cam):
+    """`logits_and_cam(model, state, image_1xHxWx1)`: (logits (K,), class map of the predicted class (H, W)), the
+    classifier's own map function (passed in: it lives with the classifier's maps, above this module)."""
     work_dir = os.path.abspath(work_dir)
     config = workdir.load_config(work_dir)
     classifier_program.validate_config(config, where=os.path.join(work_dir, workdir.CONFIG_FILE))
@@ -36,7 +35,7 @@ class ClassifierPredictor:
     self.stress_times = data.stress_times
     self.reader = reader_lib.Reader(config, data)
     self.depth = config.model.d
-    self._classify = jax.jit(functools.partial(_logits_and_cam, program.model))
+    self._classify = jax.jit(functools.partial(logits_and_cam, program.model))
     self.header = (["path", "output", "height", "width", "predicted_stress_time"]
                    + [f"p_t={t:g}" for t in self.stress_times] + ["checkpoint_step"])
 
