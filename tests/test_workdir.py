@@ -205,3 +205,11 @@ def test_a_damaged_mark_is_named_not_replaced(tmp_path):
 def _empty(path):
   path.mkdir()
   return path
+
+
+def test_a_damaged_json_file_of_a_workdir_is_named_in_one_line(tmp_path):
+  for name, content in (("truncated.json", b'{"ranking": '), ("not_utf8.json", b'{"a": "\xff"}')):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=f"{name} is not valid JSON; restore it") as error:
+      workdir.read_json(str(tmp_path / name))
+    assert "\n" not in str(error.value)

@@ -82,17 +82,16 @@ def atomic_write_json(path: str, obj) -> None:
 
 
 def read_json(path: str, missing=None, fix: str | None = None):
-  """A JSON file's content; `missing` when the file does not exist. With `fix`, a file that is not valid JSON is a
-  ConfigError naming the file and the fix; without, the ValueError propagates."""
+  """A JSON file's content; `missing` when the file does not exist. A file that is not valid UTF-8 JSON (damaged,
+  truncated, tampered with) is a ConfigError naming the file and `fix` (by default: restore it)."""
   if not os.path.exists(path):
     return missing
   with open(path, encoding="utf-8") as f:
     try:
       return json.load(f)
-    except ValueError:
-      if fix is None:
-        raise
-      raise ConfigError(f"{path} is not valid JSON; {fix}") from None
+    except ValueError:  # UnicodeDecodeError included
+      raise ConfigError(f"{path} is not valid JSON; "
+                        f"{fix or 'restore it from a backup, or delete it if the run can write it again'}") from None
 
 
 def _inside(path: str, folder: str) -> bool:
