@@ -13,7 +13,6 @@ Outputs under `out_dir`, mirroring the input's sub-folders and file stems (`pred
   classifier: <stem>_cam.png (class activation map of the predicted stress time)
   summary.csv one row per image; skipped.txt the files that could not be used, and why.
 """
-import os
 import sys
 
 import jax

@@ -38,17 +38,17 @@ def check_job(coordinator_address: str | None, num_processes: int | None, proces
   with the number of processes and 0 <= process_id < num_processes, or a cluster environment that provides them."""
   environment = cluster_environment()
   if coordinator_address is None and environment is None:
-    raise UserError(f"--distributed needs --coordinator_address=HOST:PORT (of process 0), --num_processes and "
-                    f"--process_id, unless a cluster environment (SLURM, Open MPI, Kubernetes, Cloud TPU) provides "
-                    f"them; none was found")
+    raise UserError("--distributed needs --coordinator_address=HOST:PORT (of process 0), --num_processes and "
+                    "--process_id, unless a cluster environment (SLURM, Open MPI, Kubernetes, Cloud TPU) provides "
+                    "them; none was found")
   if coordinator_address is not None:
     match = _ADDRESS.fullmatch(coordinator_address.strip())
     if not match or not 1 <= int(match.group(3)) <= 65535:
       raise UserError(f"--coordinator_address={coordinator_address!r}: give HOST:PORT of process 0 with a port "
                       f"in 1..65535, e.g. --coordinator_address=10.0.0.1:1234")
     if environment is None and (num_processes is None or process_id is None):
-      raise UserError(f"--coordinator_address needs --num_processes and --process_id too (no cluster environment "
-                      f"provides them)")
+      raise UserError("--coordinator_address needs --num_processes and --process_id too (no cluster environment "
+                      "provides them)")
   if num_processes is not None and num_processes < 1:
     raise UserError(f"--num_processes={num_processes}: a job has at least 1 process")
   if process_id is not None and (num_processes is None or not 0 <= process_id < num_processes):

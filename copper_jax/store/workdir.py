@@ -138,8 +138,8 @@ def read_mark(folder: str) -> dict | None:
   path = os.path.join(folder, MARK_FILE)
   if not os.path.lexists(path):
     return None
-  fix = (f"restore it, or delete it if you know the folder is copper_jax's own (an earlier version's folder is "
-         f"recognised by its files)")
+  fix = ("restore it, or delete it if you know the folder is copper_jax's own (an earlier version's folder is "
+         "recognised by its files)")
   try:
     with open(path, encoding="utf-8") as f:
       mark = json.load(f)
