@@ -213,3 +213,19 @@ def test_a_damaged_json_file_of_a_workdir_is_named_in_one_line(tmp_path):
     with pytest.raises(UserError, match=f"{name} is not valid JSON; restore it") as error:
       workdir.read_json(str(tmp_path / name))
     assert "\n" not in str(error.value)
+
+
+def test_a_start_an_earlier_version_interrupted_before_its_config_is_taken_by_a_training_run(tmp_path):
+  (tmp_path / workdir.LOCK_FILE).write_text("1\n")
+  (tmp_path / "splits.json").write_text("{}")
+  (tmp_path / "data").mkdir()
+  assert workdir.kind_of(str(tmp_path)) is None  # no kind to read from it...
+  workdir.claim(str(tmp_path), workdir.CLASSIFIER, "--workdir")  # ...but nothing in it binds a run
+  assert workdir.kind_of(str(tmp_path)) == workdir.CLASSIFIER
+  (tmp_path / "notes.txt").write_text("mine")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / workdir.LOCK_FILE).write_text("1\n")
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="did not write"):
+    workdir.claim(str(other), workdir.SWEEP, "--workdir")

@@ -165,6 +165,11 @@ def _json_object(path: str):
   return data if isinstance(data, dict) else None
 
 
+# What a training run writes before its config.json: a start an earlier version interrupted there left only these.
+_FIRST_FILES = {"splits.json", "data_summary.json", "data"}
+_TRAINING = "training"  # such a start: any training kind may take it (no checkpoint was written without config.json)
+
+
 def _earlier_kind(folder: str) -> str | None:
   """The kind of a folder an earlier copper_jax (before marks) wrote, recognised by files only it writes; None
   for anything else. Training workdirs: the workdir lock plus a config.json of that program; predictions: a
@@ -175,6 +180,8 @@ def _earlier_kind(folder: str) -> str | None:
     config = _json_object(os.path.join(folder, CONFIG_FILE))
     if config is not None:
       return SWEEP if "hypotheses" in config else GRID_SEARCH if "grid" in config else CLASSIFIER
+    if set(entries) <= _FIRST_FILES:
+      return _TRAINING
   manifest = (_json_object(os.path.join(folder, "manifest.json"))
               or _json_object(os.path.join(folder, ".manifest.partial.json")))
   if manifest is not None and {"f_true", "labels", "seed"} <= set(manifest):
@@ -203,7 +210,10 @@ def kind_of(folder: str) -> str | None:
   if not os.path.isdir(folder):
     return None
   mark = read_mark(folder)
-  return mark["kind"] if mark else _earlier_kind(folder)
+  if mark:
+    return mark["kind"]
+  kind = _earlier_kind(folder)
+  return None if kind == _TRAINING else kind
 
 
 def check_claim(path: str, kind: str, flag: str) -> str:
@@ -216,7 +226,8 @@ def check_claim(path: str, kind: str, flag: str) -> str:
   if not os.path.isdir(absolute):
     return absolute
   found = kind_of(absolute)
-  if found == kind:
+  if found == kind or (found is None and read_mark(absolute) is None and kind in (SWEEP, CLASSIFIER, GRID_SEARCH)
+                       and _earlier_kind(absolute) == _TRAINING):
     return absolute
   if found is not None:
     raise UserError(f"{flag}={path} is {_KIND_WORDS[found]}, not {_KIND_WORDS[kind]}: name a new folder")
