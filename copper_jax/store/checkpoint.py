@@ -366,8 +366,13 @@ class Checkpointer:
                             "use the code and config that wrote it or a fresh --workdir")
 
   def close(self) -> None:
-    """Waits for orbax's pending writes; a disk that filled during them is the one-line CheckpointError."""
+    """Waits for orbax's pending writes and its clean-up of an interrupted save's temporary folder (which orbax runs
+    in the background from open and awaits only in its next save: a restore-only run closing early would leave it
+    half done); a disk that filled during them is the one-line CheckpointError."""
     try:
+      await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+      if await_cleanup is not None:
+        await_cleanup()
       self._manager.close()
     except Exception as e:  # pylint: disable=broad-except
       # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on device").
