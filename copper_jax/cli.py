@@ -3,13 +3,18 @@
 Flags are defined in the launch scripts; this turns a `UserError`, a flag or config-override mistake, or a
 missing config file into one line on stderr and exit status 2, so a user sees what is wrong and how to fix it,
 not a traceback. A training run stopped by SIGTERM or SIGINT after saving its checkpoint (`preemption`) prints its
-one line and exits with `preemption.EXIT_STATUS`. It turns on JAX's persistent compilation cache (`compile_cache`)
-and applies the launcher's host-memory choice before JAX starts (see `host_memory`: keeping freed
-memory for reuse speeds up one-model programs and slows down many-member sweeps).
+one line and exits with `preemption.EXIT_STATUS`; stopped by either signal anywhere else (data preparation,
+compilation, evaluation, a second signal during training) it prints one line and exits with 128 + the signal's
+number, since every file is replaced whole and the last checkpoint is complete. It turns on JAX's persistent
+compilation cache (`compile_cache`) and applies the launcher's host-memory choice before JAX starts (see
+`host_memory`: keeping freed memory for reuse speeds up one-model programs and slows down many-member sweeps).
 """
 import errno
+import os
 import re
+import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -72,6 +77,35 @@ def define_config(default: str, help_text: str):
     sys.exit(2)
 
 
+class Stopped(BaseException):
+  """SIGTERM outside a training loop's own handling (which saves a checkpoint first); like KeyboardInterrupt."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def _stop(signum, frame):
+  del frame  # part of a signal handler's signature
+  raise Stopped(signum)
+
+
+def _stopped_line(name: str) -> str:
+  return (f"stopped by {name}; what was written before is intact (files are replaced whole, checkpoints only "
+          f"once complete): rerun the same command to resume")
+
+
+def _exit_stopped(name: str, signum: int) -> None:
+  """One line, then exit at once, as a kill would: an interrupted checkpoint save is still writing in orbax's
+  threads, which would print their tracebacks during a normal interpreter exit. What they leave is a temporary
+  folder that the next run removes; completed steps and results are untouched."""
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)  # a further signal while the line is printed changes nothing
+  print(_stopped_line(name), file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(128 + signum)  # pylint: disable=protected-access
+
+
 def run(main, reuse_freed_memory: bool = False) -> None:
   """Runs `main` under absl with one-line user errors; `reuse_freed_memory`: the launcher's default for
   `host_memory.apply` (COPPER_JAX_REUSE_FREED_MEMORY overrides it)."""
@@ -83,6 +117,9 @@ def run(main, reuse_freed_memory: bool = False) -> None:
     sys.exit(2)
   # Reruns, resumes, evaluate and predict then load the programs an earlier run compiled.
   compile_cache.enable(compile_cache.directory_from_environment())
+  if threading.current_thread() is threading.main_thread():
+    # A training loop replaces this while it runs (`preemption`) and puts it back after.
+    signal.signal(signal.SIGTERM, _stop)
   def guarded(argv):
     # orbax logs every checkpoint step at INFO; users want the progress bar and errors.
     logging.set_verbosity(logging.WARNING)
@@ -94,6 +131,10 @@ def run(main, reuse_freed_memory: bool = False) -> None:
     except preemption.Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(preemption.EXIT_STATUS)
+    except KeyboardInterrupt:
+      _exit_stopped("SIGINT", signal.SIGINT)
+    except Stopped as e:
+      _exit_stopped(str(e), e.signum)
     except (AttributeError, KeyError) as e:
       # config_flags applies `--config.KEY=VALUE` overrides lazily, on first access to the config.
       if not _raised_in_ml_collections(e):

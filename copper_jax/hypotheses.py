@@ -49,15 +49,16 @@ def _step(tau, mid=0.5):
   return jnp.where(tau >= mid, 1.0, 0.0)
 
 
-# name -> (function of tau and keyword parameters, default parameters, parameter range checks)
-FAMILIES: dict[str, tuple[Callable[..., Any], dict[str, float], dict[str, Callable[[float], bool]]]] = {
+# name -> (function of tau and keyword parameters, default parameters, {parameter: its allowed range, in words})
+FAMILIES: dict[str, tuple[Callable[..., Any], dict[str, float], dict[str, str]]] = {
     "linear": (_linear, {}, {}),
-    "power": (_power, {"gamma": 0.5}, {"gamma": lambda v: v > 0}),
-    "log": (_log, {"alpha": 10.0}, {"alpha": lambda v: v > 0}),
-    "saturating_exp": (_saturating_exp, {"beta": 3.0}, {"beta": lambda v: v > 0}),
-    "sigmoid": (_sigmoid, {"slope": 10.0, "mid": 0.5}, {"slope": lambda v: v > 0}),
-    "step": (_step, {"mid": 0.5}, {"mid": lambda v: 0 < v <= 1}),
+    "power": (_power, {"gamma": 0.5}, {"gamma": "> 0"}),
+    "log": (_log, {"alpha": 10.0}, {"alpha": "> 0"}),
+    "saturating_exp": (_saturating_exp, {"beta": 3.0}, {"beta": "> 0"}),
+    "sigmoid": (_sigmoid, {"slope": 10.0, "mid": 0.5}, {"slope": "> 0"}),
+    "step": (_step, {"mid": 0.5}, {"mid": "in (0, 1]"}),
 }
+_RANGES = {"> 0": lambda v: v > 0, "in (0, 1]": lambda v: 0 < v <= 1}
 SPECIAL = ("table", "learned")
 CONTROL = "permuted"  # the negative control's family: fixed targets scrambled over the labels, never a hypothesis
 ENDPOINT_KEYS = ("lo", "hi")
@@ -114,23 +115,33 @@ class Hypothesis:
 
 
 _SPEC_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\((.*)\))?\s*$", re.S)
+_KEY_RE = re.compile(r"[a-z_]+")
+# A plain decimal number (no "nan", "inf", "1_0" or hex, which float() would also take).
+_NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _parse_number(text: str, spec: str) -> float:
+  text = text.strip()
+  value = float(text) if _NUMBER_RE.fullmatch(text) else None
+  if value is None or not math.isfinite(value):
+    raise ConfigError(f"hypothesis {spec!r}: cannot read value {text!r}; write finite numbers like 0.5 or "
+                      f"lists like [0.25, 0.5, 2]")
+  return value
 
 
 def _parse_value(text: str, spec: str):
   text = text.strip()
-  try:
-    if text.startswith("["):
-      if not text.endswith("]"):
-        raise ValueError
-      return [float(v) for v in text[1:-1].split(",") if v.strip()]
-    return float(text)
-  except ValueError:
-    raise ConfigError(f"hypothesis {spec!r}: cannot read value {text!r}; write numbers like 0.5 or "
-                      f"lists like [0.25, 0.5, 2]") from None
+  if text.startswith("[") or text.endswith("]"):
+    if not (text.startswith("[") and text.endswith("]")) or "[" in text[1:-1] or "]" in text[1:-1]:
+      raise ConfigError(f"hypothesis {spec!r}: cannot read value {text!r}; a list is [0.25, 0.5, 2], not nested")
+    if not text[1:-1].strip():
+      return []
+    return [_parse_number(v, spec) for v in text[1:-1].split(",")]
+  return _parse_number(text, spec)
 
 
-def _split_args(body: str) -> list[str]:
-  """Splits 'a=1, b=[1, 2]' at the top-level commas."""
+def _split_args(body: str, spec: str) -> list[str]:
+  """Splits 'a=1, b=[1, 2]' at the top-level commas; an empty argument (a stray comma) is refused."""
   parts, depth, current = [], 0, ""
   for ch in body:
     depth += ch == "["
@@ -140,26 +151,40 @@ def _split_args(body: str) -> list[str]:
       current = ""
     else:
       current += ch
-  if current.strip():
-    parts.append(current)
+  parts.append(current)
+  if len(parts) == 1 and not current.strip():
+    return []  # name() takes the defaults
+  if any(not p.strip() for p in parts):
+    raise ConfigError(f"hypothesis {spec!r}: an empty argument (a stray comma); write name(key=value, ...)")
   return parts
 
 
 def parse(spec: str) -> list[Hypothesis]:
-  """Expands one spec string into its hypotheses (one per point of its parameter grid)."""
-  match = _SPEC_RE.match(spec)
+  """Expands one spec string into its hypotheses (one per point of its parameter grid).
+
+  Strict: an unknown family or parameter, a parameter given twice, a value that is not a finite number and a
+  value out of its family's range are each refused in one line.
+  """
   valid = ", ".join(list(FAMILIES) + list(SPECIAL))
+  if not isinstance(spec, str):
+    raise ConfigError(f"hypothesis {spec!r} is not a string; write it as 'name' or 'name(key=value, ...)'")
+  match = _SPEC_RE.match(spec)
   if not match:
     raise ConfigError(f"hypothesis {spec!r} is not of the form name or name(key=value, ...); families: {valid}")
   family, body = match.group(1), match.group(2) or ""
   if family not in FAMILIES and family not in SPECIAL:
     raise ConfigError(f"hypothesis {spec!r}: unknown family {family!r}; use one of: {valid}")
   args = {}
-  for part in _split_args(body):
+  for part in _split_args(body, spec):
     if "=" not in part:
       raise ConfigError(f"hypothesis {spec!r}: argument {part.strip()!r} needs the form key=value")
     key, value = part.split("=", 1)
-    args[key.strip()] = _parse_value(value, spec)
+    key = key.strip()
+    if not _KEY_RE.fullmatch(key):
+      raise ConfigError(f"hypothesis {spec!r}: {key!r} is not a parameter name; write key=value")
+    if key in args:
+      raise ConfigError(f"hypothesis {spec!r}: parameter {key!r} is given twice; give it once (a list makes a grid)")
+    args[key] = _parse_value(value, spec)
 
   if family == "table":
     allowed = {"values"} | set(ENDPOINT_KEYS)
@@ -175,6 +200,8 @@ def parse(spec: str) -> list[Hypothesis]:
     if "values" not in args or not isinstance(args["values"], list):
       raise ConfigError(f"hypothesis {spec!r}: a table needs values=[...], one fraction per label")
     values = tuple(args.pop("values"))
+    if any(not 0.0 <= v <= 1.0 for v in values):
+      raise ConfigError(f"hypothesis {spec!r}: table values are fractions of area and must lie in [0, 1]")
     grid_keys, grid_values = [], []
     fixed = {"values": values}
   else:
@@ -199,9 +226,10 @@ def parse(spec: str) -> list[Hypothesis]:
       defaults, checks = FAMILIES[family][1], FAMILIES[family][2]
       full = dict(defaults)
       full.update(params)
-      for key, ok in checks.items():
-        if not ok(full[key]):
-          raise ConfigError(f"hypothesis {spec!r}: parameter {key}={full[key]:g} is out of range")
+      for key, allowed_range in checks.items():
+        if not _RANGES[allowed_range](full[key]):
+          raise ConfigError(f"hypothesis {spec!r}: parameter {key}={full[key]:g} is out of range; it must be "
+                            f"{allowed_range}")
       params = full
     hypotheses.append(Hypothesis(family, tuple(sorted(params.items())), lo, hi))
   return hypotheses

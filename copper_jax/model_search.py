@@ -97,7 +97,7 @@ def search_then_sweep(config, work_dir: str, quiet: bool = False) -> dict:
   program_lib.validate_config(config)
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
-  with workdir.locked_start(work_dir) as start:
+  with workdir.locked_start(work_dir, workdir.SWEEP) as start:
     # The candidates' runs are minutes of work each: kept even if a later check refuses this start.
     start.commit()
     chosen = choose_model(config, work_dir, quiet)
@@ -138,7 +138,7 @@ def choose_model(config, work_dir: str, quiet: bool = False):
         rows.append(row)
         continue
     log(f"{where}: training {row['train_steps']} steps", quiet)
-    os.makedirs(point_dir, exist_ok=True)
+    workdir.claim(point_dir, workdir.SWEEP, "a candidate's workdir")
     if not os.path.exists(os.path.join(point_dir, "splits.json")):  # every candidate judged on the same images
       with open(os.path.join(work_dir, "splits.json"), "rb") as f:
         workdir.atomic_write_bytes(os.path.join(point_dir, "splits.json"), f.read())

@@ -12,15 +12,10 @@ from copper_jax.errors import ConfigError
 from copper_jax.store import workdir
 
 
-def _has_checkpoints(work_dir: str) -> bool:
-  folder = os.path.join(work_dir, "checkpoints")
-  return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
-
-
 def check_resume(work_dir: str, config, table: dict, what: str) -> None:
   """ConfigError naming every changed key when `work_dir` holds checkpoints trained with another value of a key that
   fixes them (e.g. loss.consistency_weight 0.0 -> 0.5); reads only."""
-  if not _has_checkpoints(work_dir) or not os.path.exists(os.path.join(work_dir, workdir.CONFIG_FILE)):
+  if not workdir.has_checkpoints(work_dir) or not os.path.exists(os.path.join(work_dir, workdir.CONFIG_FILE)):
     return
   saved = workdir.load_config(work_dir)
   config_rules.complete(saved, table)

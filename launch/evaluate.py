@@ -3,8 +3,8 @@
   python launch/evaluate.py --workdir=runs/clf_demo [--split=test] [--cam=8] [--checkpoint=best|latest]
 
 A classifier workdir gets results.json, confusion.png, per_label.png (of --split) rewritten and, with --cam=N,
-class activation maps of N images of that split in WORKDIR/cam/. A sweep workdir (config.json with
-"hypotheses") is evaluated by copper_jax.sweep.run.evaluate_sweep.
+class activation maps of N images of that split in WORKDIR/cam/. A sweep workdir (its kind is recorded in its
+ownership mark, .copper_jax.json) is evaluated by copper_jax.sweep.run.evaluate_sweep.
 """
 import os
 
@@ -27,14 +27,20 @@ def main(argv):
   from copper_jax import config_utils
   from copper_jax.errors import UserError
   from copper_jax.store import workdir
+  kind = workdir.require_kind(_WORKDIR.value, "--workdir", (workdir.SWEEP, workdir.CLASSIFIER,
+                                                             workdir.GRID_SEARCH))
   config = workdir.load_config(_WORKDIR.value)
-  if "hypotheses" in config:
+  if kind == workdir.SWEEP:
+    given = [f for f, v in (("--split", _SPLIT.value), ("--cam", _CAM.value or None),
+                            ("--checkpoint", _CHECKPOINT.value)) if v is not None]
+    if given:  # a sweep reports every split from its latest checkpoint: these would be ignored
+      raise UserError(f"{_WORKDIR.value} is a sweep workdir: {', '.join(given)} only apply to a classifier")
     from copper_jax import model_search
     from copper_jax.sweep import run as sweep_run
     sweep_run.evaluate_sweep(config, _WORKDIR.value, _QUIET.value, sections=model_search.saved_sections(_WORKDIR.value))
     print(f"report: {_WORKDIR.value}/report.html")
     return
-  if "grid" in config:
+  if kind == workdir.GRID_SEARCH:
     raise UserError(f"{_WORKDIR.value} is a grid search: evaluate one of its points, "
                     f"--workdir={os.path.join(_WORKDIR.value, 'points', '<c>_<d>_<n>_<N>')}")
   from configs import classifier as classifier_configs

@@ -4,13 +4,11 @@
   python launch/make_synthetic.py --out=/tmp/copper_control --preset=demo --confounded  # label carried by blur
   python launch/make_synthetic.py --out=/tmp/facets --preset=demo --texture=facets  # another surface model
 """
-import sys
-
 from absl import app
 from absl import flags
 
+from copper_jax import cli
 from copper_jax.data import synthetic
-from copper_jax.errors import UserError
 
 _OUT = flags.DEFINE_string("out", None, "Folder to write images/, masks/ and manifest.json into (new or empty).",
                            required=True)
@@ -29,16 +27,12 @@ _CONFOUNDED = flags.DEFINE_bool("confounded", False, "Negative control: constant
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    manifest = synthetic.generate(_OUT.value, preset=_PRESET.value, f_true=_F_TRUE.value, seed=_SEED.value,
-                                  confounded=_CONFOUNDED.value, texture=_TEXTURE.value)
-  except UserError as error:
-    print(error, file=sys.stderr)
-    sys.exit(2)
+  manifest = synthetic.generate(_OUT.value, preset=_PRESET.value, f_true=_F_TRUE.value, seed=_SEED.value,
+                                confounded=_CONFOUNDED.value, texture=_TEXTURE.value)
   images = sum(len(label["images"]) for label in manifest["labels"])
   print(f"wrote {images} images in {len(manifest['labels'])} stress-time folders to {_OUT.value} "
         f"(f_true={manifest['f_true']}, texture={manifest['texture']}, seed={manifest['seed']})")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # one-line errors: a bad --out, a full disk

@@ -7,7 +7,8 @@ A sweep workdir writes OUT/<stem>_mask.tif (8-bit, 255 = smoothed), OUT/<stem>_p
 OUT/<stem>_overlay.png per image, with the top-ranked hypothesis (every trained seed, unless --seed picks one) unless
 --member names another, and OUT/samples.csv, one row per sub-folder (sample); a classifier workdir writes
 OUT/<stem>_cam.png and the class probabilities. Both write OUT/summary.csv, and OUT/skipped.txt when some files could
-not be read. OUT/about.txt says what each column means.
+not be read or are smaller than the net needs. OUT/about.txt says what each column means. The workdir's kind comes
+from its ownership mark (.copper_jax.json).
 """
 from absl import flags
 
@@ -17,8 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by launch/swe
                                required=True)
 _IMAGES = flags.DEFINE_multi_string("images", [], "An image folder (searched recursively) or file; repeatable. "
                                     "Files may also follow the flags.")
-_OUT = flags.DEFINE_string("out", None, "Folder for the predictions (mirrors the input's sub-folders).",
-                           required=True)
+_OUT = flags.DEFINE_string("out", None, "Folder for the predictions (mirrors the input's sub-folders): new, empty, "
+                           "or an earlier prediction's; a folder of other files is refused.", required=True)
 _MEMBER = flags.DEFINE_string("member", None, "Sweep only: the hypothesis to use (default: the top-ranked).")
 _SEED = flags.DEFINE_integer("seed", None, "Sweep only: one trained seed of the hypothesis (default: every seed, "
                              "with their spread).", lower_bound=0)

@@ -21,6 +21,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (0 
                                    "--distributed.")
 _HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "With --distributed: seconds without a heartbeat "
                                   "after which a process counts as dead and the others abort.", lower_bound=1)
+_JOIN_TIMEOUT = flags.DEFINE_integer("join_timeout_s", 300, "With --distributed: seconds to wait for every process "
+                                     "to join before giving up with one line.", lower_bound=1)
 
 
 def main(argv):
@@ -28,9 +30,9 @@ def main(argv):
   from copper_jax import determinism
   # Before anything runs on a device: XLA reads its flags once, when JAX starts its backends.
   determinism.configure(_CONFIG.value.deterministic)
-  if _DISTRIBUTED.value:
-    from copper_jax import processes
-    processes.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _HEARTBEAT.value)
+  from copper_jax import processes
+  processes.join_from_flags(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                            _HEARTBEAT.value, _JOIN_TIMEOUT.value)
   if _CONFIG.value.model.search.enabled:
     from copper_jax import model_search
     model_search.search_then_sweep(_CONFIG.value, _WORKDIR.value, quiet=_QUIET.value)

@@ -16,6 +16,9 @@ from copper_jax.store import logs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLL_S = 0.005
+# How long a test waits for a child process or a reply before calling it hung. Only a hang reaches it: a loaded
+# machine may be many times slower than an idle one, and no test may fail for that.
+HANG_S = 3600
 
 
 def launcher_env(compile_cache: str | None = None) -> dict:

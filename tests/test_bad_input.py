@@ -291,7 +291,7 @@ def test_an_unusable_workdir_is_refused_before_any_work(tmp_path, data_roots, ca
 
 
 def _fake_sweep_workdir(path):
-  os.makedirs(path)
+  workdir.claim(path, workdir.SWEEP, "--workdir")
   with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
     json.dump(_smoke().to_dict(), f, default=list)
 
@@ -402,3 +402,103 @@ def test_a_truncated_answer_file_is_skipped_and_the_others_scored(trained, tmp_p
   assert len(summary["skipped"]) == 1 and "bob.json" in summary["skipped"][0]
   with pytest.raises(UserError, match="not a readable answer file"):
     test.answer("bob", 1, 1)
+
+
+# --- what a workdir holds: whose it is, and what is read back from it ---------------------------------------------
+
+def _tree(folder) -> dict:
+  return {os.path.relpath(os.path.join(p, n), folder): open(os.path.join(p, n), "rb").read()
+          for p, _, names in os.walk(folder) for n in names}
+
+
+def test_a_project_folder_given_as_workdir_is_refused_and_its_files_kept(tmp_path, data_roots):
+  project = tmp_path / "project"
+  (project / "tables").mkdir(parents=True)
+  for name, text in {"config.json": '{"my": "settings"}', "report.html": "<h1>my report</h1>",
+                     "tables/ranking.csv": "my,ranking\n"}.items():
+    (project / name).write_text(text)
+  before = _tree(project)
+  for run in (lambda: sweep_run.run_sweep(_smoke(**{"data.root": data_roots[0]}), str(project), quiet=True),
+              lambda: predict.predict(str(project), [data_roots[0]], str(tmp_path / "out"), quiet=True)):
+    with pytest.raises(UserError) as error:
+      run()
+    assert "project" in _one_line(error)
+  assert _tree(project) == before and not (tmp_path / "out").exists()
+
+
+def _copy_of(trained, tmp_path) -> str:
+  copy = str(tmp_path / "copy")
+  shutil.copytree(trained[0], copy)
+  return copy
+
+
+def test_evaluate_with_splits_json_deleted_refuses_instead_of_re_splitting(trained, tmp_path):
+  copy = _copy_of(trained, tmp_path)
+  os.remove(os.path.join(copy, "splits.json"))
+  before = _tree(copy)
+  with pytest.raises(DataError) as error:
+    sweep_run.evaluate_sweep(workdir.load_config(copy), copy, quiet=True)
+  assert "splits.json is missing" in _one_line(error) and "restore it" in _one_line(error)
+  assert _tree(copy) == before  # no new split, no rewritten results
+
+
+@pytest.mark.parametrize("damage", ["nan_std", "one_time", "not_json"])
+def test_a_damaged_data_summary_is_named_not_used(trained, tmp_path, damage):
+  copy = _copy_of(trained, tmp_path)
+  path = os.path.join(copy, "data_summary.json")
+  summary = workdir.read_json(path)
+  if damage == "not_json":
+    open(path, "w").write("{")
+  else:
+    summary.update({"nan_std": {"std": float("nan")}, "one_time": {"stress_times": [0.0]}}[damage])
+    open(path, "w").write(json.dumps(summary))
+  image = os.path.join(trained[1].data.root, "images", "0", sorted(os.listdir(os.path.join(
+      trained[1].data.root, "images", "0")))[0])
+  with pytest.raises(UserError) as error:
+    predict.predict(copy, [image], str(tmp_path / "out"), quiet=True)
+  assert "data_summary.json" in _one_line(error) and "delete it" in _one_line(error)
+
+
+def test_a_damaged_sweep_json_is_named(trained, tmp_path):
+  copy = _copy_of(trained, tmp_path)
+  open(os.path.join(copy, "sweep.json"), "w").write('{"ranking": ')
+  with pytest.raises(UserError) as error:
+    predict.SweepPredictor(copy)
+  assert "sweep.json is not valid JSON" in _one_line(error) and "--member" in _one_line(error)
+
+
+def test_a_workdir_from_before_the_ownership_mark_is_recognised_and_resumes(trained, tmp_path):
+  copy = _copy_of(trained, tmp_path)
+  os.remove(os.path.join(copy, workdir.MARK_FILE))
+  assert workdir.kind_of(copy) == workdir.SWEEP  # by its lock and its sweep config.json
+  config = trained[1]
+  sweep_run.run_sweep(config, copy, quiet=True)  # the same command: resumes (nothing left to train) and reports
+  assert workdir.read_mark(copy) == {"kind": "sweep", "format": 1, "made_by": "copper_jax",
+                                     "recognised_from_earlier_version": True}
+  with pytest.raises(UserError, match="is a sweep workdir, not a classifier workdir"):
+    from copper_jax.classifier import run as classifier_run
+    classifier_run.train_and_evaluate(classifier_configs.get_config("smoke"), copy, quiet=True)
+
+
+def test_a_read_only_workdir_is_named_in_one_line_and_left_as_it_was(trained, tmp_path):
+  """A finished workdir on a read-only mount (an archive, a shared drive): evaluating or resuming it says so in one
+  line; its files are as they were."""
+  import subprocess
+  mount = str(tmp_path / "ro")
+  os.makedirs(mount)
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mount], check=False).returncode:
+    pytest.skip("no tmpfs mount here (needs root)")
+  try:
+    copy = os.path.join(mount, "w")
+    shutil.copytree(trained[0], copy)
+    subprocess.run(["mount", "-o", "remount,ro", mount], check=True)
+    before = _tree(copy)
+    for run in (lambda: sweep_run.evaluate_sweep(workdir.load_config(copy), copy, quiet=True),
+                lambda: sweep_run.run_sweep(trained[1], copy, quiet=True)):
+      with pytest.raises(UserError) as error:
+        run()
+      assert copy in _one_line(error) and ("cannot be written" in _one_line(error)
+                                           or "cannot write" in _one_line(error))
+    assert _tree(copy) == before
+  finally:
+    subprocess.run(["umount", "-l", mount], check=False)

@@ -16,6 +16,7 @@ from copper_jax import metrics
 from copper_jax.blind_test import scores as blind_scores, server as blind_server, session as blind_session
 from tests.conftest import train_smoke_classifier
 from tests.browser import Browser, require_chromium
+from tests.reliability_helpers import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +41,7 @@ def _request(server, path, body=None, host=None):
   if host:
     request.add_unredirected_header("Host", host)
   try:
-    with urllib.request.urlopen(request, timeout=30) as reply:
+    with urllib.request.urlopen(request, timeout=HANG_S) as reply:
       return reply.status, reply.read()
   except urllib.error.HTTPError as e:
     return e.code, e.read()
@@ -152,10 +153,10 @@ def test_launcher_serves_saves_and_scores_on_ctrl_c(clf_dir, tmp_path):
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/answer",
                                      headers={"Content-Type": "application/json"},
                                      data=json.dumps({"expert": "fay", "position": 0, "label": 1}).encode())
-    with urllib.request.urlopen(request, timeout=30) as reply:
+    with urllib.request.urlopen(request, timeout=HANG_S) as reply:
       assert json.loads(reply.read()) == {"answered": 1, "total": 4}
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=HANG_S)
   finally:
     if process.poll() is None:
       process.kill()

@@ -321,3 +321,24 @@ def test_a_checkpoint_whose_fingerprint_lacks_a_newer_key_restores(tmp_path):
     assert_trees_equal(restored, state)
     with pytest.raises(CheckpointError, match="model.c saved 4 vs now 8"):
       ckpt.restore(abstract(), meta_for(c=8))
+
+
+def test_a_disk_that_fills_while_orbax_finishes_is_the_one_line_error(tmp_path, monkeypatch):
+  """tensorstore reports a full disk as a ValueError; one that surfaces as orbax finishes its writes (at close, late
+  on a loaded machine) is the same one-line error as one during `save`, and the earlier step stays intact."""
+  states = save_steps(str(tmp_path), [1])
+  ckpt = Checkpointer(str(tmp_path))
+  manager_close = ckpt._manager.close  # pylint: disable=protected-access
+
+  def full(*args, **kwargs):
+    manager_close()
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x\": [OS error 28: No space left on device]")
+
+  monkeypatch.setattr(ckpt._manager, "close", full)  # pylint: disable=protected-access
+  with pytest.raises(CheckpointError) as error:
+    ckpt.close()
+  message = str(error.value)
+  assert "\n" not in message and "disk full" in message and "step 1 is intact" in message
+  with Checkpointer(str(tmp_path)) as again:
+    restored, _ = again.restore(abstract(), meta_for())
+  assert_trees_equal(restored, states[1])

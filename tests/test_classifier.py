@@ -17,6 +17,7 @@ from copper_jax.store import checkpoint, workdir
 from copper_jax.data import synthetic
 from copper_jax.errors import CheckpointError, ConfigError
 from copper_jax.data.prepare import prepare_data
+from tests.reliability_helpers import HANG_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_every_preset_loads_and_a_bad_one_names_the_choices(name):
 
 def test_bad_preset_on_the_command_line_says_so(tmp_path):
   run = subprocess.run([sys.executable, "launch/train.py", "--config=configs/classifier.py:bogus",
-                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=HANG_S)
   assert run.returncode != 0
   assert "unknown preset 'bogus' for configs/classifier.py; use one of smoke, demo, paper" in run.stderr
 
@@ -175,7 +176,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(trained, tmp_path):
     classifier.evaluate_classifier(workdir.load_config(copy), copy, quiet=True)
   assert "\n" not in str(error.value)
   run = subprocess.run([sys.executable, "launch/evaluate.py", f"--workdir={copy}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                       capture_output=True, text=True, timeout=HANG_S, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert run.returncode == 2
   error_lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
   assert len(error_lines) == 1 and "model.c saved 8 vs now 16" in error_lines[0]

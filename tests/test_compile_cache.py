@@ -4,10 +4,10 @@ import os
 import pytest
 
 from copper_jax import compile_cache
-from tests.reliability_helpers import Launch
+from tests.reliability_helpers import HANG_S, Launch
 
 SMOKE = ["--config=configs/sweep.py:smoke"]
-RUN_S = 300
+RUN_S = HANG_S
 
 
 def test_the_environment_chooses_the_folder_or_turns_the_cache_off(monkeypatch, tmp_path):

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from copper_jax import host_memory
+from tests.reliability_helpers import HANG_S
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ def _launch(launcher_default: str, setting: str | None):
   if setting is not None:
     env[host_memory.ENV_VAR] = setting
   return subprocess.run([sys.executable, "-c", _SCRIPT, launcher_default], env=env, capture_output=True, text=True,
-                        timeout=120)
+                        timeout=HANG_S)
 
 
 def _faults_per_block(launcher_default: str, setting: str | None) -> float:

@@ -42,13 +42,25 @@ def test_user_table_runs_through_the_same_path():
 @pytest.mark.parametrize("spec, words", [
     ("table(values=[0, 0.5, 0.4, 0.9, 1])", "not monotone"),
     ("table(values=[0, 0.5, 1])", "3 values but the data have 5 labels"),
-    ("table(values=[0, 0.5, 0.7, 0.9, 1.2])", "leaves [0, 1]"),
-    ("table(values=[0, nan, 0.7, 0.9, 1])", "non-finite"),
+    ("table(values=[0, 0.5, 0.7, 0.9, 1.2])", "must lie in [0, 1]"),
+    ("table(values=[0, nan, 0.7, 0.9, 1])", "cannot read value 'nan'"),
     ("cubic", "unknown family 'cubic'"),
     ("power(gama=2)", "unknown parameter 'gama'"),
     ("power(gamma=-1)", "out of range"),
     ("linear(lo=0.8, hi=0.2)", "0 <= lo < hi <= 1"),
     ("power(gamma=abc)", "cannot read value"),
+    # Parsed strictly: nothing a user mistyped is taken as something else.
+    ("power(gamma=1, gamma=2)", "given twice"),
+    ("power(gamma=inf)", "cannot read value 'inf'"),
+    ("power(gamma=1e400)", "cannot read value"),
+    ("power(gamma=0x10)", "cannot read value"),
+    ("power(gamma=2,)", "stray comma"),
+    ("power(gamma=[1,,2])", "cannot read value ''"),
+    ("power(gamma=[[1, 2]])", "not nested"),
+    ("step(mid=1.5)", "must be in (0, 1]"),
+    ("learned(gamma=2)", "unknown parameter 'gamma'"),
+    ("power(Gamma=2)", "not a parameter name"),
+    (3, "not a string"),
 ])
 def test_bad_hypotheses_are_refused_in_one_line(spec, words):
   with pytest.raises(ConfigError) as info:

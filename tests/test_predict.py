@@ -15,6 +15,8 @@ import tifffile
 from configs import classifier as classifier_configs
 from configs import sweep as sweep_configs
 from copper_jax import members, predict
+from copper_jax.prediction import tiling
+from copper_jax.prediction import sweep as prediction_sweep
 from copper_jax.classifier import run as classifier
 from copper_jax.data.prepare import prepare_data
 from copper_jax.store import workdir
@@ -22,6 +24,7 @@ from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.models import SegmentationNet, receptive_field
+from tests.reliability_helpers import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +43,7 @@ def _test_files(work_dir):
 
 @pytest.mark.parametrize("size, tile, margin", [(64, 64, 8), (200, 64, 16), (96, 40, 8), (4096, 512, 88)])
 def test_tile_plan_covers_every_pixel_once_from_a_tile_centre(size, tile, margin):
-  plan = predict.tile_plan(size, tile, margin)
+  plan = tiling.tile_plan(size, tile, margin)
   kept = np.zeros(size, int)
   for start, lo, hi in plan:
     assert start % 8 == 0 and 0 <= start and start + min(tile, size) <= size
@@ -71,9 +74,9 @@ def test_tiled_prediction_equals_the_whole_image_one(random_logits_fn, shape):
   whole = np.asarray(random_logits_fn(image[None, ..., None])[0])
   config = sweep_configs.get_config("smoke").model
   config.update({"c": 4, "d": 2})
-  tile, margin, multiple = predict.tile_geometry(config, 64)
+  tile, margin, multiple = tiling.tile_geometry(config, 64)
   assert margin >= receptive_field("segmentation", 4, 2, 1, 1) and margin % multiple == 0
-  tiled = predict.predict_tiled(random_logits_fn, image, tile, margin, multiple)
+  tiled = tiling.predict_tiled(random_logits_fn, image, tile, margin, multiple)
   assert tiled.shape == shape and whole.std() > 0.3
   np.testing.assert_allclose(tiled, whole, atol=1e-5 * np.abs(whole).max(), rtol=0)
 
@@ -81,7 +84,7 @@ def test_tiled_prediction_equals_the_whole_image_one(random_logits_fn, shape):
 def test_a_tile_too_small_for_the_receptive_field_is_refused():
   config = sweep_configs.get_config("smoke").model
   with pytest.raises(ConfigError, match="tile=16"):
-    predict.tile_geometry(config, 16)
+    tiling.tile_geometry(config, 16)
 
 
 def test_predict_gives_the_masks_of_the_sweep_evaluation(smoke, tmp_path):
@@ -159,6 +162,63 @@ def test_bad_requests_fail_in_one_line(smoke, tmp_path):
     predict.predict(work_dir, [str(tmp_path / "bad.png")], str(tmp_path / "o"), quiet=True)
 
 
+HOSTILE_SAMPLES = ['=HYPERLINK("http:example.com","x")', "+cmd|calc", "@SUM(A1)", "-2+3", "\tlead", "summary.csv"]
+
+
+def test_hostile_names_are_neutralised_shortened_or_kept_apart_and_tiny_images_skipped(smoke, tmp_path):
+  """Sample folders named like formulas or like the run's own files, a name too long for the file system with its
+  suffix, two images with one stem and a 1 x 1 image: every usable image is predicted, in one run."""
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  image = iio.imread(files[0])
+  src = tmp_path / "new"
+  for name in HOSTILE_SAMPLES:
+    (src / name).mkdir(parents=True)
+    iio.imwrite(src / name / "field.png", image)
+  long_name = "n" * 241 + ".png"  # 245 bytes: fits as an input, not with "_probability.tif" appended
+  iio.imwrite(src / long_name, image)
+  iio.imwrite(src / "twin.png", image)
+  tifffile.imwrite(src / "twin.tif", image)
+  iio.imwrite(src / "dot.png", image[:1, :1])
+  out = tmp_path / "out"
+  result = predict.predict(work_dir, [str(src)], str(out), member="linear", quiet=True)
+  by_path = {os.path.relpath(r["path"], src): r for r in result["rows"]}
+  assert len(by_path) == len(HOSTILE_SAMPLES) + 3
+  for row in by_path.values():
+    assert os.path.exists(os.path.join(out, row["output"] + "_probability.tif"))
+  assert by_path[long_name]["output"] != long_name[:-4] and len(by_path[long_name]["output"]) < 80
+  assert by_path["summary.csv/field.png"]["output"] != "summary.csv/field" and (out / "summary.csv").is_file()
+  assert by_path["twin.png"]["output"] != by_path["twin.tif"]["output"]
+  assert len(result["skipped"]) == 1 and "dot.png" in result["skipped"][0] and "at least" in result["skipped"][0]
+  with open(out / "samples.csv", newline="") as f:
+    samples = [r["sample"] for r in csv.DictReader(f)]
+  with open(out / "summary.csv", newline="") as f:
+    table = list(csv.DictReader(f))
+  cells = [cell for row in table for cell in row.values()]
+  for name in HOSTILE_SAMPLES[:3] + ["\tlead"]:
+    assert "'" + name in samples  # shown as text, never run
+  assert "-2+3" not in samples and "'-2+3" in samples
+  assert not any(cell.startswith(("=", "+", "@", "\t")) for cell in cells)
+  assert all(0 <= float(row["smoothed_fraction_on_g_scale"]) <= 1 for row in table)  # numbers stay numbers
+
+
+def test_an_out_folder_of_someone_elses_files_is_refused_untouched(smoke, tmp_path):
+  work_dir, _ = smoke
+  files, _ = _test_files(work_dir)
+  out = tmp_path / "mine"
+  out.mkdir()
+  mine = {"summary.csv": "my,table\n", "samples.csv": "x\n", "about.txt": "my notes", "skipped.txt": "keep me"}
+  for name, text in mine.items():
+    (out / name).write_text(text)
+  with pytest.raises(UserError, match="already holds files copper_jax did not write"):
+    predict.predict(work_dir, files, str(out), quiet=True)
+  assert {p.name: p.read_text() for p in out.iterdir()} == mine
+  elsewhere = tmp_path / "image.png"
+  elsewhere.write_bytes(open(files[0], "rb").read())
+  with pytest.raises(UserError, match="is a sweep workdir, not a predictions folder"):
+    predict.predict(work_dir, [str(elsewhere)], work_dir, quiet=True)
+
+
 def test_classifier_workdir_gives_probabilities_and_cams(tmp_path):
   config = classifier_configs.get_config("smoke")
   config.train.num_epochs = 2
@@ -174,6 +234,12 @@ def test_classifier_workdir_gives_probabilities_and_cams(tmp_path):
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
     assert float(row["predicted_stress_time"]) == (0, 2, 4, 6)[int(np.argmax(probabilities))]
     assert iio.imread(tmp_path / "out" / (os.path.splitext(p)[0] + "_cam.png")).shape == (64, 64, 3)
+  # An image smaller than the classifier's pooling goes to skipped.txt; the others are still predicted.
+  iio.imwrite(tmp_path / "dot.png", iio.imread(files[0])[:1, :1])
+  result = predict.predict(work_dir, [files[0], str(tmp_path / "dot.png")], str(tmp_path / "out2"), quiet=True)
+  assert len(result["rows"]) == 1 and "dot.png" in result["skipped"][0] and "poolings" in result["skipped"][0]
+  with pytest.raises(UserError, match="classifier workdir: --member only apply to a sweep"):
+    predict.predict(work_dir, files, str(tmp_path / "out3"), member="linear", quiet=True)
 
 
 def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
@@ -181,12 +247,12 @@ def test_launcher_quiet_prints_only_the_final_line(smoke, tmp_path):
   files, _ = _test_files(work_dir)
   result = subprocess.run(
       [sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}", "--quiet",
-       f"--images={files[0]}", files[1]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+       f"--images={files[0]}", files[1]], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().splitlines() == [f"2 image(s) predicted, 0 skipped: {tmp_path / 'o'}/summary.csv"]
   assert result.stderr == ""
   bad = subprocess.run([sys.executable, "launch/predict.py", f"--workdir={work_dir}", f"--out={tmp_path / 'o'}",
-                        "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        "--member=cubic", files[0]], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "cubic" in bad.stderr
 
 
@@ -194,7 +260,7 @@ def test_whole_images_by_default_and_exact_tiles_when_memory_is_short(smoke, tmp
   from copper_jax import device_memory
   work_dir, _ = smoke
   files, _ = _test_files(work_dir)
-  monkeypatch.setattr(predict, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
+  monkeypatch.setattr(prediction_sweep, "FALLBACK_TILE", 0)  # the smallest exact tile, so these small images are tiled
   predictor = predict.SweepPredictor(work_dir, member="linear")
   # A random head, so that a seam or a shifted tile would show (the trained smoke head is nearly flat).
   head = predictor.state.params["net"]["head"]

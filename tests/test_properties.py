@@ -292,8 +292,8 @@ def test_any_request_gets_one_reply_and_leaves_answer_files_whole(blind_dir, bli
       assert "\n" not in json.loads(body)["error"]
   folder = os.path.join(blind_dir, blind_session.FOLDER)
   for name in os.listdir(folder) if os.path.isdir(folder) else []:
-    if name.endswith(".json"):
-      blind_session.read_answers(os.path.join(folder, name))  # pylint: disable=protected-access
+    if name.endswith(".json") and not name.startswith("."):  # hidden: the folder's ownership mark
+      blind_session.read_answers(os.path.join(folder, name))
 
 
 # --- the launchers themselves, as real processes ----------------------------------------------------------------
@@ -330,3 +330,100 @@ def test_every_preset_passes_its_own_rules():
     sweep_program.validate_config(sweep_configs.get_config(preset))
   for preset in classifier_configs.PRESETS:
     classifier_program.validate_config(classifier_configs.get_config(preset))
+
+
+# --- hostile names and folders that are not ours ------------------------------------------------------------------
+
+from copper_jax.prediction import names as prediction_names  # noqa: E402
+from copper_jax.prediction import writers as prediction_writers  # noqa: E402
+from copper_jax.store import tables  # noqa: E402
+
+# Name parts a user, another lab or an instrument might produce: formulas, the run's own file names, very long
+# names, dots, spaces, non-ASCII, case twins.
+NAME_PART = st.one_of(
+    st.sampled_from(['=HYPERLINK("http:x","y")', "+cmd|calc", "@SUM(A1)", "-1", "-2+3", "\tx", "\rx", "summary.csv",
+                     "Summary.CSV", "samples.csv", "about.txt", "skipped.txt", workdir.MARK_FILE.lstrip("."),
+                     "config.json", "a", "A", "café", "x y", "..x", "n" * 250, "é" * 130]),
+    st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=300)
+    .filter(lambda s: s not in (".", "..") and not s.startswith(".")))
+STEMS = st.lists(st.lists(NAME_PART, min_size=1, max_size=20).map(lambda parts: "/".join(parts)), min_size=1,
+                 max_size=8)
+
+
+@settings(max_examples=300, **SEEDED)
+@given(STEMS)
+def test_output_names_always_fit_never_clash_and_never_take_the_runs_own_files(tmp_path, stems):
+  found = [(f"/in/{stem}.png", stem) for stem in stems]
+  out = prediction_names.output_stems(found, str(tmp_path), prediction_writers.RUN_FILES)
+  assert out == prediction_names.output_stems(found, str(tmp_path), prediction_writers.RUN_FILES)  # deterministic
+  limit = os.pathconf(str(tmp_path), "PC_NAME_MAX")
+  seen = set()
+  for (file, original), (same_file, safe) in zip(found, out):
+    assert same_file == file
+    parts = safe.split(os.sep)
+    assert all(len(os.fsencode(p)) <= limit for p in parts[:-1])
+    assert len(os.fsencode(parts[-1] + prediction_names.LONGEST_SUFFIX)) <= limit
+    assert len(parts) == 1 or parts[0].casefold() not in {r.casefold() for r in prediction_writers.RUN_FILES}
+    assert len(os.fsencode(os.path.join(str(tmp_path), safe) + prediction_names.LONGEST_SUFFIX)) < 4096
+    assert safe.casefold() not in seen
+    seen.add(safe.casefold())
+  event(f"renamed {sum(a[1] != b[1] for a, b in zip(found, out))} of {len(found)}")
+
+
+@settings(max_examples=300, **SEEDED)
+@given(st.lists(st.one_of(NAME_PART, st.integers(-10 ** 6, 10 ** 6), st.floats(allow_nan=False), st.none()),
+                min_size=1, max_size=6))
+def test_every_table_cell_is_shown_as_written_and_never_evaluated(cells):
+  import csv
+  import io
+  text = tables.csv_text(["h"] * len(cells), [cells])
+  read = next(csv.reader(io.StringIO(text[text.index("\n") + 1:]), strict=True))
+  assert len(read) == len(cells)
+  for value, cell in zip(cells, read):
+    if value is None:
+      assert cell == ""
+    elif isinstance(value, (int, float)):
+      assert float(cell) == value  # numbers stay numbers
+    elif cell.startswith(tables.FORMULA_STARTS):
+      assert tables._PLAIN_NUMBER.fullmatch(cell)  # pylint: disable=protected-access -- a plain number
+    else:
+      shown = value.replace("\r\n", "\n").replace("\r", "\n")
+      assert cell in (shown, "'" + shown)
+
+
+FOREIGN_FILES = st.dictionaries(st.lists(NAME_PART.filter(lambda s: len(os.fsencode(s)) < 200), min_size=1,
+                                         max_size=3).map(lambda parts: "/".join(parts)),
+                                st.binary(max_size=20), min_size=1, max_size=5)
+
+
+@settings(max_examples=120, **SEEDED)
+@given(FOREIGN_FILES, st.sampled_from(workdir.KINDS))
+def test_a_folder_of_someone_elses_files_is_never_claimed_nor_changed(files, kind):
+  with tempfile.TemporaryDirectory() as base:
+    folder = os.path.join(base, "theirs")
+    written = {}
+    for rel, data in files.items():
+      path = os.path.join(folder, rel)
+      if any(os.path.isfile(os.path.join(folder, *rel.split("/")[:i])) for i in range(1, rel.count("/") + 1)) \
+          or os.path.isdir(path):
+        continue  # a name already taken as a file or a folder: that layout cannot exist
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "wb") as f:
+        f.write(data)
+      written[rel] = data
+    before = {os.path.relpath(os.path.join(p, n), folder): open(os.path.join(p, n), "rb").read()
+              for p, _, ns in os.walk(folder) for n in ns}
+    recognised = workdir.kind_of(folder)
+    try:
+      workdir.claim(folder, kind, "--out")
+    except Exception as e:  # pylint: disable=broad-except
+      assert isinstance(e, workdir.UserError) and "\n" not in str(e), e
+      claimed = False
+    else:
+      claimed = True
+    after = {os.path.relpath(os.path.join(p, n), folder): open(os.path.join(p, n), "rb").read()
+             for p, _, ns in os.walk(folder) for n in ns}
+    after.pop(workdir.MARK_FILE, None)
+    assert after == before  # nothing of theirs replaced or deleted
+    assert claimed == (recognised == kind)  # only a folder its files show to be that kind of ours
+    event(f"recognised as {recognised}")

@@ -23,15 +23,16 @@ from configs import sweep as sweep_configs
 from copper_jax import preemption
 from copper_jax.sweep import program as sweep_program
 from copper_jax.sweep import run as sweep
-from tests.reliability_helpers import (ROOT, Launch, assert_same_arrays, checkpoint_steps, json_files_are_whole,
-                                       launcher_env, metric_steps, png_claiming, saved_arrays, saving_now, strict_json,
-                                       text)
+from copper_jax.store import workdir
+from tests.reliability_helpers import (HANG_S, ROOT, Launch, assert_same_arrays, checkpoint_steps,
+                                       json_files_are_whole, launcher_env, metric_steps, png_claiming, saved_arrays,
+                                       saving_now, strict_json, text)
 
 # The smoke sweep with a checkpoint every 4 of its 12 steps: steps 4, 8 and 12 are saved, the last two kept.
 STEPS, EVERY = 12, 4
 SWEEP = ["--config=configs/sweep.py:smoke", f"--config.train.num_steps={STEPS}",
          f"--config.train.checkpoint_every={EVERY}"]
-RUN_S = 300  # limit for one run to the end; about 25 s on 2 busy cores when it compiles, 10 s from the cache
+RUN_S = HANG_S  # one run to the end takes about 25 s on 2 busy cores when it compiles, 10 s from the cache
 HAS_CLASSIFIER = all(os.path.exists(os.path.join(ROOT, p)) for p in ("launch/train.py", "configs/classifier.py"))
 CLASSIFIER = ["--config=configs/classifier.py:smoke"]
 
@@ -222,6 +223,7 @@ def _mount_tmpfs(folder, size):
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, cache, tmp_path):
   work_dir = str(tmp_path / "w")
   checkpoints = os.path.join(work_dir, "checkpoints")
+  workdir.claim(work_dir, workdir.SWEEP, "--workdir")  # the folder is the sweep's own, as if it had made it
   os.makedirs(checkpoints)
   # Room for two smoke checkpoints (about 140 kB each) but not for a third beside them.
   _mount_tmpfs(checkpoints, "300k")
@@ -435,3 +437,30 @@ def test_classifier_stopped_by_sigint_off_its_log_steps_resumes_to_the_same_byte
   assert text(work_dir, "metrics.jsonl") == text(classifier_reference, "metrics.jsonl")
   assert _classifier_results(work_dir) == _classifier_results(classifier_reference)
   _assert_same_checkpoints(work_dir, classifier_reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment, signum", [("before_training", signal.SIGINT), ("before_training", signal.SIGTERM),
+                                            ("in_training", signal.SIGTERM), ("in_training", signal.SIGINT)])
+def test_two_signals_at_any_moment_give_one_line_and_a_run_that_resumes_to_the_same_bytes(reference, cache, tmp_path,
+                                                                                          moment, signum):
+  """A user pressing Ctrl-C twice, or a scheduler sending SIGTERM twice, before training (data, compilation) or
+  in it: one line, no traceback, and the same command then ends as an uninterrupted run."""
+  work_dir = str(tmp_path / "w")
+  run = Launch("sweep.py", [*SWEEP, f"--workdir={work_dir}"], f"{work_dir}.twice.log", cache)
+  when = {"before_training": lambda: os.path.exists(os.path.join(work_dir, workdir.MARK_FILE))
+          and not metric_steps(work_dir),
+          "in_training": lambda: 0 < max(metric_steps(work_dir), default=0) < STEPS - EVERY}[moment]
+  if not _signal_when(run, when, signum):
+    pytest.skip(f"the run ended before the moment {moment}")  # a machine too fast to catch it: nothing to check
+  time.sleep(0.05)
+  if run.proc.poll() is None:
+    run.proc.send_signal(signum)
+  status = run.wait(RUN_S)
+  name = signal.Signals(signum).name
+  last = run.output().strip().splitlines()[-1]
+  assert "Traceback" not in run.output(), run.output()
+  assert status in (preemption.EXIT_STATUS, 128 + signum), run.output()
+  assert last.startswith(f"stopped by {name}") and last.endswith("rerun the same command to resume"), last
+  _run_to_end("sweep.py", SWEEP, work_dir, cache, "after_twice.log")
+  _assert_same_sweep(work_dir, reference)

@@ -12,6 +12,7 @@ from configs import sweep as sweep_configs
 from copper_jax.store import logs
 from copper_jax.sweep import run as sweep
 from copper_jax.errors import CheckpointError, ConfigError
+from tests.reliability_helpers import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +129,7 @@ def test_bad_configs_fail_before_anything_is_written(tmp_path, key, value, words
 def test_launcher_reports_a_misspelt_override_in_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "launch/sweep.py", "--config=configs/sweep.py:smoke", f"--workdir={tmp_path}",
-       "--config.train.batch_sise=4"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+       "--config.train.batch_sise=4"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_S)
   assert result.returncode != 0
   assert "batch_sise" in result.stderr
 

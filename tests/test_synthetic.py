@@ -10,7 +10,7 @@ import pytest
 
 import copper_jax
 from copper_jax.data import synthetic
-from copper_jax.errors import ConfigError
+from copper_jax.errors import ConfigError, UserError
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SMALL = dict(num_labels=2, images_per_label=2, height=48, width=48)
@@ -79,7 +79,7 @@ def test_manifest_fractions_are_exact_per_image(tiny):
 
 def test_layout(tiny):
   out, manifest = tiny
-  assert sorted(os.listdir(out)) == ["images", "manifest.json", "masks"]
+  assert sorted(os.listdir(out)) == [".copper_jax.json", "images", "manifest.json", "masks"]  # the mark: ours
   assert sorted(os.listdir(os.path.join(out, "images")), key=float) == ["0", "2", "4", "6"]
   with open(os.path.join(out, "manifest.json")) as f:
     assert json.load(f) == json.loads(json.dumps(manifest))
@@ -117,7 +117,7 @@ def test_existing_folder_is_reused_or_refused_never_deleted(tmp_path):
   user = tmp_path / "user"
   user.mkdir()
   (user / "notes.txt").write_text("mine")
-  with pytest.raises(ConfigError, match="not empty"):
+  with pytest.raises(UserError, match="already holds files copper_jax did not write"):
     synthetic.generate(user, "tiny", **_SMALL)
   assert os.listdir(user) == ["notes.txt"]
   assert _files(out) == kept
@@ -196,6 +196,15 @@ def test_launch_script(tmp_path):
                        capture_output=True, text=True, check=False)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "sqrt" in bad.stderr
+  (tmp_path / "a_file").write_text("mine")
+  (tmp_path / "theirs").mkdir()
+  (tmp_path / "theirs" / "notes.txt").write_text("mine")
+  for out, words in ((tmp_path / "a_file" / "set", "is a file"), (tmp_path / "theirs", "did not write")):
+    refused = subprocess.run([sys.executable, script, f"--out={out}", "--preset=tiny"], capture_output=True, text=True,
+                             check=False)
+    assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "Traceback" not in refused.stderr
+  assert (tmp_path / "a_file").read_text() == "mine" and os.listdir(tmp_path / "theirs") == ["notes.txt"]
 
 
 def _texture_image(texture, seed, fraction=0.5, **overrides):

@@ -135,3 +135,97 @@ def test_without_posix_file_locks_the_lock_says_so_in_one_line(tmp_path, monkeyp
   with pytest.raises(UserError, match="needs POSIX file locks.*WSL2"):
     with WorkdirLock(str(tmp_path)):
       pass
+
+
+# Ownership: a folder copper_jax did not make is never written into.
+
+
+def _user_project(folder):
+  """A folder of a user's own files with the names a run would write."""
+  (folder / "tables").mkdir(parents=True)
+  for name, text in {"config.json": '{"mine": 1}', "report.html": "<p>mine</p>", "tables/ranking.csv": "a,b\n"}.items():
+    (folder / name).write_text(text)
+  return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", workdir.KINDS)
+def test_a_folder_of_someone_elses_files_is_refused_for_every_kind_and_left_as_it_was(tmp_path, kind):
+  before = _user_project(tmp_path / "project")
+  with pytest.raises(UserError, match="already holds files copper_jax did not write.*name a new folder"):
+    workdir.claim(str(tmp_path / "project"), kind, "--out")
+  with pytest.raises(UserError, match="did not write"):
+    with workdir.locked_start(str(tmp_path / "project"), workdir.SWEEP):
+      raise AssertionError("the start went ahead")
+  assert {p: p.read_bytes() for p in (tmp_path / "project").rglob("*") if p.is_file()} == before
+
+
+def test_a_new_or_empty_folder_is_marked_with_its_kind_and_stays_ours(tmp_path):
+  for name in ("new", "empty"):
+    if name == "empty":
+      (tmp_path / name).mkdir()
+    path = workdir.claim(str(tmp_path / name), workdir.CLASSIFIER, "--workdir")
+    assert workdir.read_mark(path)["kind"] == workdir.CLASSIFIER == workdir.kind_of(path)
+    (tmp_path / name / "results.json").write_text("{}")
+    assert workdir.claim(path, workdir.CLASSIFIER, "--workdir") == path  # a rerun writes on
+    with pytest.raises(UserError, match="is a classifier workdir, not a sweep workdir"):
+      workdir.claim(path, workdir.SWEEP, "--workdir")
+    assert workdir.require_kind(path, "--workdir", (workdir.SWEEP, workdir.CLASSIFIER)) == workdir.CLASSIFIER
+
+
+def test_earlier_versions_folders_are_recognised_by_their_files_and_marked(tmp_path):
+  sweep_dir = tmp_path / "sweep"
+  sweep_dir.mkdir()
+  (sweep_dir / workdir.LOCK_FILE).write_text("123\n")
+  (sweep_dir / "config.json").write_text(json.dumps({"hypotheses": ["linear"], "seed": 0}))
+  (sweep_dir / "checkpoints").mkdir()
+  assert workdir.kind_of(str(sweep_dir)) == workdir.SWEEP
+  workdir.claim(str(sweep_dir), workdir.SWEEP, "--workdir")
+  assert workdir.read_mark(str(sweep_dir))["recognised_from_earlier_version"] is True
+  predictions = tmp_path / "pred" / "sample"
+  predictions.mkdir(parents=True)
+  (tmp_path / "pred" / "summary.csv").write_text("path,output,height\n")
+  (predictions / "a_mask.tif").write_bytes(b"II*\0")
+  assert workdir.kind_of(str(tmp_path / "pred")) == workdir.PREDICTIONS
+  (predictions / "notes.txt").write_text("mine")  # a file predict never writes: not ours after all
+  assert workdir.kind_of(str(tmp_path / "pred")) is None
+  # A user's folder with a config.json but not the workdir lock is not a workdir.
+  _user_project(tmp_path / "project")
+  assert workdir.kind_of(str(tmp_path / "project")) is None
+
+
+def test_a_damaged_mark_is_named_not_replaced(tmp_path):
+  (tmp_path / workdir.MARK_FILE).write_text("{not json")
+  with pytest.raises(UserError, match=r"\.copper_jax\.json: unreadable ownership mark"):
+    workdir.claim(str(tmp_path), workdir.SWEEP, "--workdir")
+  assert (tmp_path / workdir.MARK_FILE).read_text() == "{not json"
+  with pytest.raises(UserError, match="not a copper_jax workdir"):
+    workdir.require_kind(str(_empty(tmp_path / "e")), "--workdir", workdir.KINDS)
+
+
+def _empty(path):
+  path.mkdir()
+  return path
+
+
+def test_a_damaged_json_file_of_a_workdir_is_named_in_one_line(tmp_path):
+  for name, content in (("truncated.json", b'{"ranking": '), ("not_utf8.json", b'{"a": "\xff"}')):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(UserError, match=f"{name} is not valid JSON; restore it") as error:
+      workdir.read_json(str(tmp_path / name))
+    assert "\n" not in str(error.value)
+
+
+def test_a_start_an_earlier_version_interrupted_before_its_config_is_taken_by_a_training_run(tmp_path):
+  (tmp_path / workdir.LOCK_FILE).write_text("1\n")
+  (tmp_path / "splits.json").write_text("{}")
+  (tmp_path / "data").mkdir()
+  assert workdir.kind_of(str(tmp_path)) is None  # no kind to read from it...
+  workdir.claim(str(tmp_path), workdir.CLASSIFIER, "--workdir")  # ...but nothing in it binds a run
+  assert workdir.kind_of(str(tmp_path)) == workdir.CLASSIFIER
+  (tmp_path / "notes.txt").write_text("mine")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / workdir.LOCK_FILE).write_text("1\n")
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="did not write"):
+    workdir.claim(str(other), workdir.SWEEP, "--workdir")

@@ -1,7 +1,5 @@
 """Scoring the experts' answers: each against the truth and against the classifier on the same images, written to
 `workdir/blind_test/` as results.json, results.csv and answers.csv, with the paper's Figures 7 and 8."""
-import csv
-import io
 import json
 import os
 import sys
@@ -77,11 +75,7 @@ def answer_rows(session: dict, answers_by_path: dict) -> list:
 
 
 def write_answers_csv(path: str, rows: list) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-  writer.writeheader()
-  writer.writerows(rows)
-  workdir.atomic_write_text(path, buffer.getvalue())
+  tables.write_dict_csv(path, CSV_COLUMNS, rows)
 
 
 def headline(name: str, expert: dict) -> str:
@@ -109,8 +103,9 @@ def expert_results(work_dir: str, classifier_dir: str | None = None, quiet: bool
   """
   from copper_jax.viz import plots
   folder = os.path.join(os.path.abspath(work_dir), FOLDER)
-  files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and f != RESULTS_FILE) \
-      if os.path.isdir(folder) else []
+  # Hidden files (the folder's ownership mark) are not answers.
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".json") and f != RESULTS_FILE
+                 and not f.startswith(".")) if os.path.isdir(folder) else []
   model_dir, model = _model_results(work_dir, classifier_dir)
   model_test = model["splits"].get("test") if model else None
   by_path = model_answers(model)

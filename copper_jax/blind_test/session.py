@@ -68,7 +68,7 @@ class BlindTest:
     self._hi = float(max(im.max() for im in dataset.images))
     self._png = {}
     self._lock = threading.Lock()
-    os.makedirs(os.path.join(self.work_dir, FOLDER), exist_ok=True)
+    workdir.claim(os.path.join(self.work_dir, FOLDER), workdir.BLIND_TEST_ANSWERS, "the answers folder")
 
   def path(self, expert: str) -> str:
     return os.path.join(self.work_dir, FOLDER, f"{check_expert(expert)}.json")

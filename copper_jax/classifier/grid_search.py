@@ -6,8 +6,6 @@ seed and schedule (only the model differs) in `workdir/points/<c>_<d>_<n>_<N>/` 
 A point whose results.json exists is finished and is not trained again; a half-trained one resumes.
 Outputs: grid.csv, grid.json and grid.md (ranked by validation accuracy, best named).
 """
-import csv
-import io
 import itertools
 import os
 
@@ -20,7 +18,7 @@ from copper_jax.classifier import run as classifier_run
 from copper_jax.data.prepare import prepare_data
 from copper_jax.errors import ConfigError, UserError
 from copper_jax.models import analysis
-from copper_jax.store import checkpoint, workdir
+from copper_jax.store import checkpoint, tables, workdir
 from copper_jax.store.logs import log
 
 POINTS_DIR = "points"
@@ -113,7 +111,7 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
   data_root = os.path.join(work_dir, "data")
   for point in points:
     classifier_program.validate_config(point_config(config, point, data_root))
-  os.makedirs(work_dir, exist_ok=True)
+  workdir.claim(work_dir, workdir.GRID_SEARCH, "--workdir")
   with workdir.WorkdirLock(work_dir):
     _check_shared(config, work_dir)
     dataset, split = prepare_data(config, work_dir)
@@ -141,7 +139,7 @@ def run_grid(config, work_dir: str, quiet: bool = False) -> dict:
         log(f"{where}: skipped, {row['reason']}", quiet)
       else:
         log(f"{where}: training ({row['params']} parameters, peak {row['peak_memory_mb']:g} MiB)", quiet)
-        os.makedirs(point_dir, exist_ok=True)
+        workdir.claim(point_dir, workdir.CLASSIFIER, "a grid point's workdir")
         # The search's split, so every point is judged on the same images.
         if not os.path.exists(os.path.join(point_dir, "splits.json")):
           with open(os.path.join(work_dir, "splits.json"), "rb") as f:
@@ -240,10 +238,5 @@ def markdown(grid: dict) -> str:
 def write_outputs(work_dir: str, grid: dict) -> None:
   """grid.json, grid.csv and grid.md, each replaced atomically."""
   workdir.atomic_write_json(os.path.join(work_dir, "grid.json"), grid)
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=("rank",) + CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-  writer.writeheader()
-  for row in grid["points"]:
-    writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ("rank",) + CSV_COLUMNS})
-  workdir.atomic_write_text(os.path.join(work_dir, "grid.csv"), buffer.getvalue())
+  tables.write_dict_csv(os.path.join(work_dir, "grid.csv"), ("rank",) + CSV_COLUMNS, grid["points"])
   workdir.atomic_write_text(os.path.join(work_dir, "grid.md"), markdown(grid))

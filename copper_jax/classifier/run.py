@@ -253,7 +253,7 @@ def train_and_evaluate(config, work_dir: str, quiet: bool = False) -> dict:
   validate_config(config)
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
-  with workdir.locked_start(work_dir) as start:
+  with workdir.locked_start(work_dir, workdir.CLASSIFIER) as start:
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
     run_config.check_resume(work_dir, config, config_rules.CLASSIFIER, "another classifier")
     dataset, split = prepare_training_data(config, work_dir)

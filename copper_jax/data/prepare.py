@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import json
+import math
 import os
 
 import numpy as np
@@ -211,10 +212,19 @@ def load_summary(config, work_dir: str) -> DataSummary:
   try:
     with open(path, encoding="utf-8") as f:
       raw = json.load(f)
-    return DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64), label_names=list(raw["label_names"]),
-                       image_shape=tuple(raw["image_shape"]), dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]),
-                       std=float(raw["std"]), split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
-                       pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    summary = DataSummary(stress_times=np.asarray(raw["stress_times"], np.float64),
+                          label_names=list(raw["label_names"]), image_shape=tuple(raw["image_shape"]),
+                          dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]), std=float(raw["std"]),
+                          split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+                          pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
                     f"instead") from None
+  # Read back like input: a tampered or damaged summary would standardise every new image wrongly.
+  times = summary.stress_times
+  if (times.ndim != 1 or len(times) < 2 or not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0)
+      or len(summary.label_names) != len(times) or not (math.isfinite(summary.mean) and math.isfinite(summary.std)
+                                                        and summary.std > 0)):
+    raise DataError(f"{path} holds impossible values (stress times {times.tolist()}, mean {summary.mean}, std "
+                    f"{summary.std}); delete it to reload the training data instead")
+  return summary

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from copper_jax.errors import ConfigError, DataError
+from copper_jax.store import workdir as workdir_lib
 
 SPLITS_FILE = "splits.json"
 _RESPLIT_FIX = "restore the dataset or delete it to re-split (this changes the test set)"
@@ -97,6 +98,10 @@ def load_or_make_splits(workdir: str, dataset, sizes, seed: int) -> dict:
   path = os.path.join(workdir, SPLITS_FILE)
   if os.path.exists(path):
     return _reuse(path, dataset, sizes, seed)
+  if workdir_lib.has_checkpoints(workdir):
+    # A new split would put some of the images the model was tested on into its training set, unnoticed.
+    raise DataError(f"{path} is missing, but {workdir} holds checkpoints trained on the split it recorded: restore "
+                    f"it from a backup (a new split would mix test images into training), or use a fresh --workdir")
   sizes, _ = _check_sizes(sizes)
   splits = make_splits(dataset.labels, dataset.num_classes, sizes, seed, dataset.label_names,
                        getattr(dataset, "specimens", None))

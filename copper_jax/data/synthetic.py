@@ -533,9 +533,7 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
     raise ConfigError(f"workers={workers!r} must be a positive integer or None (one per core)")
   manifest = _plan(preset, f_true, seed, confounded, overrides, texture)
   canonical = json.loads(json.dumps(manifest))
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise ConfigError(f"out_dir {out_dir} is a file; pass a new or empty folder")
+  out_dir = workdir.check_output_folder(out_dir, "out_dir")
   fix = "it is not a synthetic manifest; pass a new or empty folder"
   existing = (workdir.read_json(os.path.join(out_dir, _MANIFEST), fix=fix)
               or workdir.read_json(os.path.join(out_dir, _PARTIAL), fix=fix) if os.path.isdir(out_dir) else None)
@@ -543,9 +541,7 @@ def generate(out_dir: str, preset: str = "demo", f_true: str = "sqrt", seed: int
     differs = ", ".join(key for key in {**canonical, **existing} if existing.get(key) != canonical.get(key))
     raise ConfigError(f"out_dir {out_dir} holds a different synthetic set (its manifest differs in {differs}); "
                       "pass a new folder or delete that one yourself")
-  if existing is None and os.path.isdir(out_dir) and os.listdir(out_dir):
-    raise ConfigError(f"out_dir {out_dir} is not empty and holds no synthetic manifest.json; pass a new or "
-                      "empty folder")
+  workdir.claim(out_dir, workdir.SYNTHETIC, "out_dir")  # refuses a folder holding anything but this set
 
   settings = manifest["settings"]
   jobs = []

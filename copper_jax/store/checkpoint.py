@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import threading
-import time
 import warnings
 import zlib
 
@@ -34,8 +33,6 @@ from copper_jax.errors import CheckpointError
 STATE, META, MANIFEST = "state", "meta", "manifest"
 _MANIFEST_FORMAT = 1
 _ABSENT = "<absent>"
-# Seconds a failed save waits for orbax's other writer threads to stop before it cleans up.
-_WRITERS_STOP_S = 10.0
 
 
 def config_fingerprint(config, keys: list[str]) -> tuple[dict, str]:
@@ -227,11 +224,11 @@ class Checkpointer:
   def _clean_up_full_disk(self, step: int, writers, reason: str) -> None:
     """Removes the half-written `step` and raises CheckpointError saying which earlier step is intact."""
     # orbax raises at the first failed write while its other writer threads still run: wait for them, or they
-    # would recreate files in the step removed below.
-    deadline = time.monotonic() + _WRITERS_STOP_S
+    # would recreate files in the step removed below (on a full disk each fails at its next write; no deadline,
+    # which a loaded machine would miss).
     for thread in writers:
       try:
-        thread.join(max(deadline - time.monotonic(), 0.0))
+        thread.join()
       except Exception:  # pylint: disable=broad-except
         pass  # orbax's threads re-raise their own write error on join; the first one is reported below
     # Their asyncio futures log "exception was never retrieved" when collected: now, not after our message.
@@ -374,10 +371,36 @@ class Checkpointer:
                             "use the code and config that wrote it or a fresh --workdir")
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for orbax's pending writes and its clean-up of an interrupted save's temporary folder (which orbax runs
+    in the background from open and awaits only in its next save: a restore-only run closing early would leave it
+    half done); a disk that filled during them is the one-line CheckpointError."""
+    try:
+      await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+      if await_cleanup is not None:
+        await_cleanup()
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED: ... No space left on device").
+      if not _disk_full(e):
+        raise
+      reason = _first_line(e)
+    else:
+      return
+    for partial in glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*")):
+      shutil.rmtree(partial, ignore_errors=True)
+    # The manager is closed: the finalised steps are the folders named by a step number.
+    kept = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    intact = f"step {kept[-1]} is intact" if kept else "no step was saved"
+    raise CheckpointError(f"disk full while saving a checkpoint in {self.directory} ({reason}); {intact}: free "
+                          f"space and rerun the same command to resume")
 
   def __enter__(self) -> "Checkpointer":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      self.close()
+    except CheckpointError:
+      if exc is None:
+        raise
+      # The error that ended the block (e.g. the disk-full line of `save`) is the one to report.

@@ -1,29 +1,64 @@
-"""CSV tables for spreadsheets (Excel, LibreOffice, pandas) from the JSON a sweep or a blind test writes.
+"""CSV tables for spreadsheets (Excel, LibreOffice, pandas): the one writer every table of the project goes through,
+and the tables a sweep or a blind test writes from its JSON.
 
 Each table is long and flat: one header row, one value per cell, numbers in plain decimal. Mask fractions are on
-the hypothesis's scale (g(t_min) = 0, g(t_max) = 1), which the column names say.
+the hypothesis's scale (g(t_min) = 0, g(t_max) = 1), which the column names say. Text that a spreadsheet would
+evaluate as a formula (sample names come from other labs and instruments) is written with a leading apostrophe.
 """
 import csv
 import io
+import numbers
 import os
+import re
 
 from copper_jax.store import workdir
 
 TABLES_DIR = "tables"
+# A spreadsheet evaluates a cell starting with one of these (tab and carriage return hide the others).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# ...except a plain number, which it reads as that number: "-0.5" stays a number.
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def _text(header: list, rows: list) -> str:
+def csv_cell(value):
+  """`value` as a CSV cell: None empty, numbers (and booleans) unchanged, text that a spreadsheet would evaluate
+  prefixed with an apostrophe (shown, not run), every line break as LF, and characters of a file name that are not
+  UTF-8 as backslash escapes."""
+  if value is None:
+    return ""
+  if isinstance(value, (bool, numbers.Number)):
+    return value
+  # csv quotes a field holding "\n" (our line end) but not a lone "\r", which spreadsheets read as a row break.
+  text = str(value).replace("\r\n", "\n").replace("\r", "\n")
+  text = text.encode("utf-8", "backslashreplace").decode("utf-8")  # a name's undecodable bytes arrive as surrogates
+  if str(value).startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+    return "'" + text
+  return text
+
+
+def csv_text(header: list, rows: list) -> str:
+  """The CSV text of a table: one header row, then `rows` (lists of cells, see `csv_cell`)."""
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(header)
-  writer.writerows([["" if v is None else v for v in row] for row in rows])
+  writer.writerow([csv_cell(v) for v in header])
+  writer.writerows([[csv_cell(v) for v in row] for row in rows])
   return buffer.getvalue()
 
 
-def _write(folder: str, name: str, header: list, rows: list) -> str:
-  path = os.path.join(folder, name)
-  workdir.atomic_write_text(path, _text(header, rows))
+def write_csv(path: str, header: list, rows: list) -> str:
+  """Replaces `path` atomically with the table; returns `path`."""
+  workdir.atomic_write_text(path, csv_text(header, rows))
   return path
+
+
+def write_dict_csv(path: str, columns, rows: list) -> str:
+  """`write_csv` of dict rows, one column per key of `columns` (other keys left out, missing ones empty)."""
+  columns = list(columns)
+  return write_csv(path, columns, [[row.get(k) for k in columns] for row in rows])
+
+
+def _write(folder: str, name: str, header: list, rows: list) -> str:
+  return write_csv(os.path.join(folder, name), header, rows)
 
 
 def _role(row: dict) -> str:

@@ -1,4 +1,4 @@
-"""Safe files in a workdir: atomic writes, one process per workdir, the run's config.json."""
+"""Safe files in a workdir: whose folder it is, atomic writes, one process per workdir, the run's config.json."""
 import contextlib
 import errno
 import json
@@ -13,6 +13,15 @@ from copper_jax.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
+# Every folder copper_jax creates holds this file, naming what the folder is; a folder without it is someone else's.
+MARK_FILE = ".copper_jax.json"
+MARK_FORMAT = 1
+SWEEP, CLASSIFIER, GRID_SEARCH = "sweep", "classifier", "grid_search"
+PREDICTIONS, BLIND_TEST_ANSWERS, SYNTHETIC = "predictions", "blind_test_answers", "synthetic"
+KINDS = (SWEEP, CLASSIFIER, GRID_SEARCH, PREDICTIONS, BLIND_TEST_ANSWERS, SYNTHETIC)
+_KIND_WORDS = {SWEEP: "a sweep workdir", CLASSIFIER: "a classifier workdir", GRID_SEARCH: "a grid-search workdir",
+               PREDICTIONS: "a predictions folder", BLIND_TEST_ANSWERS: "a blind test's answers folder",
+               SYNTHETIC: "a synthetic dataset"}
 
 
 def _fsync_dir(directory: str) -> None:
@@ -73,17 +82,16 @@ def atomic_write_json(path: str, obj) -> None:
 
 
 def read_json(path: str, missing=None, fix: str | None = None):
-  """A JSON file's content; `missing` when the file does not exist. With `fix`, a file that is not valid JSON is a
-  ConfigError naming the file and the fix; without, the ValueError propagates."""
+  """A JSON file's content; `missing` when the file does not exist. A file that is not valid UTF-8 JSON (damaged,
+  truncated, tampered with) is a ConfigError naming the file and `fix` (by default: restore it)."""
   if not os.path.exists(path):
     return missing
   with open(path, encoding="utf-8") as f:
     try:
       return json.load(f)
-    except ValueError:
-      if fix is None:
-        raise
-      raise ConfigError(f"{path} is not valid JSON; {fix}") from None
+    except ValueError:  # UnicodeDecodeError included
+      raise ConfigError(f"{path} is not valid JSON; "
+                        f"{fix or 'restore it from a backup, or delete it if the run can write it again'}") from None
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -98,6 +106,8 @@ def check_output_folder(path, flag: str, inputs=()) -> str:
 
   Nothing is left behind: writability is tried with a temporary file that is removed at once.
   """
+  if isinstance(path, os.PathLike):
+    path = os.fspath(path)
   if not isinstance(path, str) or not path.strip():
     raise UserError(f"{flag} is empty: give the folder to write into, e.g. {flag}=runs/mine")
   absolute = os.path.abspath(path)
@@ -122,6 +132,144 @@ def check_output_folder(path, flag: str, inputs=()) -> str:
   return absolute
 
 
+def read_mark(folder: str) -> dict | None:
+  """The ownership mark of `folder` ({"kind": ..., "format": 1, ...}), None when it has none; UserError naming the
+  file when it is damaged (it is never rewritten silently: the folder's kind would be a guess)."""
+  path = os.path.join(folder, MARK_FILE)
+  if not os.path.lexists(path):
+    return None
+  fix = ("restore it, or delete it if you know the folder is copper_jax's own (an earlier version's folder is "
+         "recognised by its files)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      mark = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"{path}: unreadable ownership mark ({type(e).__name__}); {fix}") from None
+  if not isinstance(mark, dict) or mark.get("kind") not in KINDS:
+    raise UserError(f"{path}: not an ownership mark of one of {', '.join(KINDS)}; {fix}")
+  return mark
+
+
+def _foreign_entries(folder: str) -> list[str]:
+  """Entries of `folder` other than the mark, the lock and a writability probe: what makes it not empty."""
+  return sorted(n for n in os.listdir(folder) if n not in (MARK_FILE, LOCK_FILE)
+                and not n.startswith(".copper_jax_probe."))
+
+
+def _json_object(path: str):
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+# What a training run writes before its config.json: a start an earlier version interrupted there left only these.
+_FIRST_FILES = {"splits.json", "data_summary.json", "data"}
+_TRAINING = "training"  # such a start: any training kind may take it (no checkpoint was written without config.json)
+
+
+def _earlier_kind(folder: str) -> str | None:
+  """The kind of a folder an earlier copper_jax (before marks) wrote, recognised by files only it writes; None
+  for anything else. Training workdirs: the workdir lock plus a config.json of that program; predictions: a
+  summary.csv with predict's header, beside predict's own files only; a synthetic set: its manifest; answers:
+  only answer files."""
+  entries = _foreign_entries(folder)
+  if os.path.isfile(os.path.join(folder, LOCK_FILE)):
+    config = _json_object(os.path.join(folder, CONFIG_FILE))
+    if config is not None:
+      return SWEEP if "hypotheses" in config else GRID_SEARCH if "grid" in config else CLASSIFIER
+    if set(entries) <= _FIRST_FILES:
+      return _TRAINING
+  manifest = (_json_object(os.path.join(folder, "manifest.json"))
+              or _json_object(os.path.join(folder, ".manifest.partial.json")))
+  if manifest is not None and {"f_true", "labels", "seed"} <= set(manifest):
+    return SYNTHETIC
+  try:
+    with open(os.path.join(folder, "summary.csv"), encoding="utf-8") as f:
+      header = f.readline()
+  except (OSError, UnicodeDecodeError):
+    header = ""
+  if header.startswith("path,output,"):
+    own = {"summary.csv", "samples.csv", "about.txt", "skipped.txt"}
+    suffixes = ("_mask.tif", "_probability.tif", "_overlay.png", "_cam.png")
+    for parent, dirs, files in os.walk(folder):
+      if any(not (n in own and parent == folder) and not n.endswith(suffixes) for n in files):
+        return None
+    return PREDICTIONS
+  if entries and all(n.endswith(".json") and os.path.isfile(os.path.join(folder, n)) for n in entries) \
+      and os.path.basename(os.path.normpath(folder)) == "blind_test":
+    return BLIND_TEST_ANSWERS
+  return None
+
+
+def kind_of(folder: str) -> str | None:
+  """What copper_jax folder `folder` is (one of KINDS): its mark's kind, or the kind an earlier version's files
+  show; None for a folder copper_jax did not make (or an empty one)."""
+  if not os.path.isdir(folder):
+    return None
+  mark = read_mark(folder)
+  if mark:
+    return mark["kind"]
+  kind = _earlier_kind(folder)
+  return None if kind == _TRAINING else kind
+
+
+def check_claim(path: str, kind: str, flag: str) -> str:
+  """The absolute path of a folder a job of `kind` may write into, checked before any work (reads only): new,
+  empty, or already copper_jax's own folder of that kind. UserError naming `flag` for a folder that holds
+  someone else's files or is another kind of copper_jax folder."""
+  if kind not in KINDS:
+    raise ValueError(f"kind {kind!r} is not one of {KINDS}")
+  absolute = os.path.abspath(path)
+  if not os.path.isdir(absolute):
+    return absolute
+  found = kind_of(absolute)
+  if found == kind or (found is None and read_mark(absolute) is None and kind in (SWEEP, CLASSIFIER, GRID_SEARCH)
+                       and _earlier_kind(absolute) == _TRAINING):
+    return absolute
+  if found is not None:
+    raise UserError(f"{flag}={path} is {_KIND_WORDS[found]}, not {_KIND_WORDS[kind]}: name a new folder")
+  foreign = _foreign_entries(absolute)
+  if foreign:
+    shown = ", ".join(repr(n) for n in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    raise UserError(f"{flag}={path} already holds files copper_jax did not write ({shown}); name a new folder, "
+                    f"nothing was changed")
+  return absolute
+
+
+def claim(path: str, kind: str, flag: str) -> str:
+  """`check_claim`, then creates the folder and marks it as copper_jax's `kind` (an earlier version's folder is
+  marked as it is recognised, so it resumes). Only the first process of a job writes the mark."""
+  absolute = check_claim(path, kind, flag)
+  if not processes.is_primary():
+    return absolute
+  try:
+    os.makedirs(absolute, exist_ok=True)
+    if read_mark(absolute) is None:
+      atomic_write_json(os.path.join(absolute, MARK_FILE), {
+          "kind": kind, "format": MARK_FORMAT, "made_by": "copper_jax",
+          "recognised_from_earlier_version": bool(_foreign_entries(absolute))})
+  except OSError as e:
+    raise UserError(f"{flag}={path}: cannot write in it ({e.strerror}); choose a writable folder") from None
+  return absolute
+
+
+def require_kind(path: str, flag: str, kinds) -> str:
+  """The kind of an existing copper_jax folder a job reads (one of `kinds`); UserError naming `flag` otherwise."""
+  if not os.path.isdir(path):
+    raise UserError(f"{flag}={path}: no such folder; give a workdir written by launch/sweep.py or launch/train.py")
+  found = kind_of(path)
+  if found is None:
+    raise UserError(f"{flag}={path} is not a copper_jax workdir (no {MARK_FILE} and no files of an earlier "
+                    f"version); give a workdir written by launch/sweep.py or launch/train.py")
+  if found not in kinds:
+    raise UserError(f"{flag}={path} is {_KIND_WORDS[found]}; give "
+                    f"{' or '.join(_KIND_WORDS[k] for k in kinds)}")
+  return found
+
+
 class Start:
   """What `locked_start` yields: `commit()` marks the point after which the workdir is kept whatever happens."""
 
@@ -133,15 +281,18 @@ class Start:
 
 
 @contextlib.contextmanager
-def locked_start(work_dir: str):
-  """`WorkdirLock` on `work_dir` for a training run, yielding a `Start`. When a UserError escapes before
-  `commit()` and the folder did not exist before, the folder is removed again: a start refused for its data or its
-  config leaves nothing behind. A workdir that existed is never removed (its checks run before it is written)."""
+def locked_start(work_dir: str, kind: str):
+  """`WorkdirLock` on `work_dir` for a training run of `kind`, yielding a `Start`; the folder must be new, empty or
+  this kind's own (`check_claim`), and is marked once locked. When a UserError escapes before `commit()` and the
+  folder did not exist before, the folder is removed again: a start refused for its data or its config leaves
+  nothing behind. A workdir that existed is never removed (its checks run before it is written)."""
+  check_claim(work_dir, kind, "--workdir")
   existed = os.path.exists(work_dir)
   start = Start()
   lock = WorkdirLock(work_dir)
   with lock:
     try:
+      claim(work_dir, kind, "--workdir")
       yield start
     except UserError:
       if not existed and not start.committed:
@@ -168,8 +319,12 @@ class WorkdirLock:
     if not processes.is_primary():
       return self  # one job of several processes: the first one holds the lock for all
     fcntl = _fcntl()
-    os.makedirs(self.workdir, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise UserError(f"workdir {self.workdir} cannot be written ({e.strerror}): a run writes its results there; "
+                      f"make it writable, or copy it to a writable place and give that --workdir") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -262,31 +417,7 @@ def config_differences(saved, config, keys: list[str]) -> list[str]:
   return [f"{k} {value(saved, k)!r} -> {value(config, k)!r}" for k in keys if value(saved, k) != value(config, k)]
 
 
-def _has_checkpoints(workdir: str) -> bool:
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds at least one saved step."""
   checkpoints = os.path.join(workdir, "checkpoints")
   return os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
-
-
-def check_run_config(workdir: str, config, keys: list[str], what: str) -> None:
-  """ConfigError when `workdir` holds checkpoints made with a config that differs from `config` in `keys`; reads
-  only, so a training run can check this before it writes anything."""
-  if not _has_checkpoints(workdir) or not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    return
-  saved = load_config(workdir)
-  if _differs(saved.to_dict(), json.loads(config_utils.config_to_json(config)), keys):
-    raise ConfigError(f"{workdir} holds checkpoints of {what} made with another config "
-                      f"({', '.join(config_differences(saved, config, keys))}): use a fresh --workdir, or the old "
-                      f"values to resume")
-
-
-def save_run_config(workdir: str, config, keys: list[str], what: str) -> None:
-  """config.json of a training run; once checkpoints exist, only a config equal to theirs in `keys` is taken.
-
-  Before the first checkpoint the file simply follows the latest config (a failed start binds nothing).
-  """
-  if not _has_checkpoints(workdir):
-    os.makedirs(workdir, exist_ok=True)
-    atomic_write_json(os.path.join(workdir, CONFIG_FILE), json.loads(config_utils.config_to_json(config)))
-    return
-  check_run_config(workdir, config, keys, what)
-  save_config(workdir, config, keys=keys)

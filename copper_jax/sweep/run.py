@@ -178,7 +178,7 @@ def run_sweep(config, work_dir: str, quiet: bool = False, sections: dict | None 
   work_dir = workdir.check_output_folder(work_dir, "--workdir", inputs=[config.data.root])
   check_patch_fits(config)
   program_lib.check_memory(config, len(hyps))
-  with workdir.locked_start(work_dir) as start:
+  with workdir.locked_start(work_dir, workdir.SWEEP) as start:
     # Every check that needs the data or the workdir's checkpoints comes before the run writes a file of its own.
     run_config.check_resume(work_dir, config, config_rules.SWEEP, "a sweep")
     dataset, split = prepare_training_data(config, work_dir)
