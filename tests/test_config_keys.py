@@ -56,7 +56,7 @@ def test_an_older_config_is_completed_with_what_it_trained_with():
 
 def _trained_workdir(tmp_path, config):
   """A workdir as a sweep leaves it after its first checkpoint, as far as the resume check reads it."""
-  work_dir = str(tmp_path / "w")
+  work_dir = workdir.claim(str(tmp_path / "w"), workdir.SWEEP, "--workdir")
   os.makedirs(os.path.join(work_dir, "checkpoints", "3"))
   workdir.atomic_write_json(os.path.join(work_dir, workdir.CONFIG_FILE), config)
   return work_dir
@@ -76,7 +76,7 @@ def test_a_resume_with_another_loss_weight_is_refused_in_one_line(tmp_path, key,
     sweep_run.run_sweep(config, work_dir, quiet=True)
   message = str(info.value)
   assert shown in message and "use a fresh --workdir, or the old values to resume" in message and "\n" not in message
-  assert sorted(n for n in os.listdir(work_dir) if n != ".lock") == ["checkpoints", workdir.CONFIG_FILE]  # nothing new
+  assert sorted(n for n in os.listdir(work_dir) if n not in (workdir.LOCK_FILE, workdir.MARK_FILE)) == ["checkpoints", workdir.CONFIG_FILE]  # nothing new
   assert open(os.path.join(work_dir, workdir.CONFIG_FILE)).read() == before
 
 
