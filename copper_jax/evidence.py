@@ -81,8 +81,11 @@ def describe(r: dict) -> str:
                  f"{seeds_word}")
   else:
     parts.append(f"more {unit} alone would not do at {r['have_seeds']} {seeds_word}")
+  at = f"{max(r['have_units_per_label'], 2)} {unit}"
   if r["seeds"] is not None:
-    parts.append(f"{r['seeds']} seeds at {max(r['have_units_per_label'], 2)} {unit}")
+    parts.append(f"{r['seeds']} seeds at {at}")
+  elif r["components"]["var_seed"] is not None:
+    parts[-1] += f" (more seeds alone would not do at {at})"
   return f"{target}: {', or '.join(parts)}; {have}"
 
 
