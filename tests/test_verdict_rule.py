@@ -40,10 +40,11 @@ def test_both_directions_are_tried_and_a_hypothesis_confirmed_one_way_leads_on_b
   assert result["named"] == 0 and result["rule"] == "cross-fitted"
   assert [(d["chosen_on"], d["confirmed_on"]) for d in result["directions"]] == [("val", "test"), ("test", "val")]
   assert all(d["cleared"] and d["chosen"] == 0 for d in result["directions"])
-  # On test the second hypothesis is as good as the first: neither direction can confirm anyone.
-  test_tied = base + np.array([0.0, 0.0, 0.02])[:, None, None]
-  result = verdict_rule.cross_fitted({"val": val, "test": test_tied}, {"val": labels_U, "test": labels_U})
-  assert result["named"] is None and result["directions"][0]["uncleared"] == [1]
+  # The splits disagree on the leader: neither direction can confirm its choice on the other split.
+  test_swapped = rng.normal(0.0, 1e-4, (3, 2, 24)) + np.array([0.01, 0.0, 0.02])[:, None, None]
+  result = verdict_rule.cross_fitted({"val": val, "test": test_swapped}, {"val": labels_U, "test": labels_U})
+  assert result["named"] is None
+  assert [(d["chosen"], d["uncleared"]) for d in result["directions"]] == [(0, [1]), (1, [0])]
 
 
 def test_one_held_out_split_widens_the_intervals_for_the_choice():
