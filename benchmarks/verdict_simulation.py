@@ -18,13 +18,10 @@ residual. The true mean loss of hypothesis k is m_k, so "strictly best" is known
                 or the reverse.
 """
 import argparse
-import sys
-import os
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from copper_jax import verdict_rule  # pylint: disable=wrong-import-position
+from copper_jax import verdict_rule
 
 NUM_LABELS = 16
 BASE_LOSS = 0.006
