@@ -310,8 +310,9 @@ def _verdict(fixed, split, paired, control, evidence, rule=None) -> dict:
 
 def _cross_fitted(fixed, losses, units):
   """(`verdict_rule.cross_fitted` over the fixed hypotheses scored with every seed on every held-out split, in
-  names and JSON, or None where fewer than two are; {split: (names, (K, S, U) unit losses)} for `evidence`)."""
-  held_out = [s for s in ("val", "test") if s in units]
+  names and JSON, or None where fewer than two are; {"names", "losses": {split: (K, S, U) unit losses}} for the
+  evidence needed). A held-out split of fewer than two units is left out (no interval can be had on it)."""
+  held_out = [s for s in ("val", "test") if s in units and len(units[s][1]) >= 2]
   names = [r["name"] for r in fixed if held_out and all((r["name"], s) in losses for s in held_out)]
   if len(names) < 2:
     return None, {}
