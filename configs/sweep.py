@@ -18,6 +18,9 @@ Presets (`--config=configs/sweep.py:PRESET`):
          python launch/sweep.py --config=configs/sweep.py:paper --workdir=runs/paper --config.data.root=/data/sem
   recommended  the paper's data and duration with our settings where they differ, each with its reason below:
          python launch/sweep.py --config=configs/sweep.py:recommended --workdir=runs/rec --config.data.root=/data/sem
+         For a claim it uses a 40/5/5 split per stress time and 3 seeds: the verdict chooses the leader on the 5 val
+         images and confirms it on the 5 test images, and the reverse (docs/science.md, "A verdict that holds after
+         choosing the leader"); when it names nothing, it says how many held-out images or seeds would settle it.
 
 Any key can be overridden, e.g. `--config.model.c=16 --config.num_seeds=3`; misspelt keys fail.
 """

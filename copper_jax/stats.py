@@ -118,3 +118,60 @@ def crossed_mean_interval(loss_SxU, labels_U, level: float = 0.95) -> dict:
   df = var_sum ** 2 / denominator if denominator > 0 else float(df_unit)
   half = t_quantile(0.5 + level / 2.0, df) * se
   return {"mean": mean, "se": se, "df": df, "ci": [mean - half, mean + half], "method": method}
+
+
+def variance_components(loss_SxU, labels_U) -> dict:
+  """Estimates of the seed, unit and residual variances of the model above (method of moments, each clipped at 0),
+  from the mean squares `crossed_mean_interval` uses, so that its interval can be projected to other sizes.
+
+  `var_seed` is None with a single seed (nothing to estimate it from); the residual is then counted in `var_unit`.
+  Returns also the sizes they came from (num_seeds, num_units, num_labels).
+  """
+  loss = np.asarray(loss_SxU, np.float64)
+  labels = np.asarray(labels_U)
+  S, U = loss.shape
+  T = len(np.unique(labels))
+  mean = float(loss.mean())
+  unit_means = loss.mean(axis=0)
+  ss_unit, df_unit = _within_label_sum_of_squares(unit_means, labels)
+  if df_unit == 0:
+    ss_unit, df_unit = float(np.sum(np.square(unit_means - mean))), U - 1
+  if df_unit == 0:
+    raise ValueError("variance components need at least two held-out units")
+  ms_unit = S * ss_unit / df_unit
+  sizes = {"num_seeds": S, "num_units": U, "num_labels": T}
+  if S == 1:
+    return {"var_seed": None, "var_unit": ms_unit, "var_resid": 0.0, **sizes}
+  seed_means = loss.mean(axis=1)
+  ms_seed = U * float(np.sum(np.square(seed_means - mean))) / (S - 1)
+  resid = loss - seed_means[:, None] - unit_means[None, :] + mean
+  ms_resid = float(np.sum(np.square(resid))) / ((S - 1) * (U - 1))
+  return {"var_seed": max((ms_seed - ms_resid) / U, 0.0), "var_unit": max((ms_unit - ms_resid) / S, 0.0),
+          "var_resid": ms_resid, **sizes}
+
+
+def projected_interval(components: dict, num_seeds: int, units_per_label: int, num_labels: int) -> dict:
+  """The standard error and degrees of freedom `crossed_mean_interval` is expected to give at `num_seeds` seeds and
+  `units_per_label` units in each of `num_labels` labels, for losses with these variance components."""
+  S, T = int(num_seeds), int(num_labels)
+  U = int(units_per_label) * T
+  var_seed = components["var_seed"]
+  if var_seed is None and S > 1:
+    raise ValueError("projecting to more seeds needs variance components estimated from at least two seeds")
+  ms_unit = S * components["var_unit"] + components["var_resid"]
+  df_unit = U - T if units_per_label >= 2 else U - 1
+  terms = [(ms_unit, df_unit)]
+  if S > 1:
+    terms.append((U * var_seed + components["var_resid"], S - 1))
+  var_sum = sum(ms for ms, _ in terms)
+  denominator = sum(ms ** 2 / df for ms, df in terms)
+  df = var_sum ** 2 / denominator if denominator > 0 else float(df_unit)
+  return {"se": math.sqrt(max(var_sum, 0.0) / (S * U)), "df": df}
+
+
+def chance_to_clear(effect: float, se: float, df: float, level: float) -> float:
+  """The probability that a `level` interval around an estimate of `effect` (standard error `se`, t with `df`
+  degrees of freedom) lies wholly on the side of zero where `effect` is (shifted-t approximation of its power)."""
+  if se <= 0:
+    return 1.0 if effect != 0 else 0.0
+  return 1.0 - t_cdf(t_quantile(0.5 + level / 2.0, df) - abs(effect) / se, df)

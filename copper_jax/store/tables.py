@@ -70,12 +70,15 @@ def _role(row: dict) -> str:
 
 def ranking_rows(summary: dict) -> tuple[list, list]:
   """(header, rows) of the ranking: per hypothesis its rank, role, and for each split the error's mean and 95%
-  interval, then the excess over the leader with its paired interval."""
+  interval, then the excess over the leader with its paired interval, then the evidence that would tell it from
+  the leader (or settle a control) where the verdict left that open (sweep.json's evidence_needed)."""
   splits = [s for s in ("train", "val", "test") if any(s in r["loss"] for r in summary["hypotheses"])]
   header = ["rank", "hypothesis", "role", "diverged"]
   for split in splits:
     header += [f"{split}_error", f"{split}_error_ci95_low", f"{split}_error_ci95_high", f"{split}_num_images"]
   header += ["excess_over_leader", "excess_ci95_low", "excess_ci95_high", "excess_split", "rmse_to_f_true"]
+  header += ["needed_units_per_label", "needed_seeds", "have_units_per_label", "have_seeds"]
+  needed = {r["name"]: r for r in summary.get("evidence_needed") or []}
   rows = []
   for r in sorted(summary["hypotheses"], key=lambda r: (r["rank"] is None, r["rank"] or 0)):
     row = [r["rank"], r["name"], _role(r), r["diverged"]]
@@ -85,6 +88,8 @@ def ranking_rows(summary: dict) -> tuple[list, list]:
     excess = r.get("excess_over_leader")
     row += [excess["mean"], *excess["ci95"], excess["split"]] if excess else [None] * 4
     row.append(r.get("rmse_to_f_true"))
+    need = needed.get(r["name"], {})
+    row += [need.get("units_per_label"), need.get("seeds"), need.get("have_units_per_label"), need.get("have_seeds")]
     rows.append(row)
   return header, rows
 

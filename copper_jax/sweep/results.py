@@ -5,16 +5,19 @@ hypotheses are compared on the paper's scale. Intervals (`stats.crossed_mean_int
 (images, or specimens where the data have several per label) both random, units compared within their label.
 Every comparison between two members is paired: the same seeds, the same images.
 
-One criterion everywhere: a fixed hypothesis "fits best" only when the paired 95% interval of every fixed rival's
-excess error over it lies above zero; the rivals whose interval reaches zero are named as not told apart. Before
-any of that, the permuted-target control (`hypotheses.permuted_controls`) says whether the errors mean anything.
+The verdict (`verdict_rule.cross_fitted`): a fixed hypothesis "fits best" only when, chosen on one held-out split,
+the paired 97.5% interval of every fixed rival's excess error over it lies above zero on the other split; the rivals
+whose interval reaches zero are named as not told apart, with the evidence that would tell them apart
+(`evidence`). Before any of that, the permuted-target control (`hypotheses.permuted_controls`) says whether the
+errors mean anything. The ranking and `excess_over_leader` stay descriptive: 95% intervals on the ranking split.
 """
 import dataclasses
 
 import numpy as np
 
+from copper_jax import evidence as evidence_lib
 from copper_jax import hypotheses as hypotheses_lib
-from copper_jax import members, stats
+from copper_jax import members, stats, verdict_rule
 
 SPLITS = ("train", "val", "test")
 # How far a permuted-target control may explain more of its targets' variance than a model whose mean mask is affine
@@ -168,7 +171,10 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
   evidence = _evidence(num_seeds, unit_kind, len(unit_labels), len(raw[rank_split]["index"]), unit_labels,
                        rank_split, specimens)
   control = _control(rows, leader, rank_split, raw[rank_split])
-  verdict = _verdict(fixed, rank_split, paired, control, evidence)
+  rule, unit_losses = _cross_fitted(fixed, losses, units)
+  verdict = _verdict(fixed, rank_split, paired, control, evidence, rule)
+  needed, settle = _evidence_needed(verdict, control, rule, unit_losses, losses, units)
+  verdict["verdict"] += settle
   adequacy = _adequacy(ranked, leader, paired)
   if adequacy["learned_fits_better"] and verdict["leader"]:
     verdict["verdict"] += (" But the learned curve fits clearly better than every listed hypothesis: none of the "
@@ -184,7 +190,8 @@ def summarise(*, raw, hypotheses, num_seeds, final_targets, diverged, dataset, r
       "ranking_measure": "held-out proportion MSE, (mean mask - g(t))^2 per image",
       "hypotheses": rows, "ranking": [r["name"] for r in ranked],
       "what_the_mask_is": WHAT_THE_MASK_IS,
-      "evidence": evidence, "control": control, **verdict, "adequacy": adequacy,
+      "evidence": evidence, "control": control, **verdict, "verdict_rule": rule, "evidence_needed": needed,
+      "adequacy": adequacy,
       **{key: value for key, value in optional.items() if value is not None},
   }
 
@@ -289,14 +296,18 @@ def _control(rows, leader, split, r) -> dict:
   return out
 
 
-def _verdict(fixed, split, paired, control, evidence) -> dict:
-  """Names a leader only where every fixed rival's paired excess interval lies above zero and the control passed."""
+def _verdict(fixed, split, paired, control, evidence, rule=None) -> dict:
+  """Names a leader only where the cross-fitted rule (`rule`, see `_cross_fitted`) confirms it and the control
+  passed; without a rule (fewer than two fixed hypotheses scored with every seed), where every fixed rival's paired
+  excess interval on `split` lies above zero."""
   over = f" Intervals are over {evidence['text']}."
   if not fixed:
     return {"leader": None, "distinguishable": False, "tied_with_leader": [],
             "verdict": "Every hypothesis diverged: nothing can be ranked; lower the learning rate."}
   lead = fixed[0]
   tied = [r["name"] for r in fixed[1:] if r["name"] not in paired or paired[r["name"]]["ci95"][0] <= 0]
+  if rule is not None:
+    tied, direction = _not_told_apart(rule, lead["name"], fixed)
   margin = fixed[1]["loss"][split]["mean"] - lead["loss"][split]["mean"] if len(fixed) > 1 else None
   if control["ran"] and control["state"] != "passed":
     return {"leader": None, "distinguishable": False, "tied_with_leader": [], "margin": margin,
@@ -306,7 +317,9 @@ def _verdict(fixed, split, paired, control, evidence) -> dict:
                "config.hypotheses.")
     return {"leader": lead["name"], "distinguishable": False, "tied_with_leader": [], "margin": None,
             "verdict": verdict + over}
-  if tied:
+  if rule is not None:
+    verdict = _rule_sentence(rule, lead["name"], tied, direction)
+  elif tied:
     verdict = (f"The data do not tell {lead['name']} apart from {', '.join(tied)}: the paired 95% interval of "
                f"their excess {split} error over {lead['name']} reaches zero.")
   else:
@@ -314,6 +327,88 @@ def _verdict(fixed, split, paired, control, evidence) -> dict:
                "paired 95% interval above zero.")
   return {"leader": lead["name"], "distinguishable": not tied, "tied_with_leader": tied, "margin": margin,
           "verdict": verdict + over}
+
+
+# The verdict's rule and the evidence it needs (copper_jax/verdict_rule.py, copper_jax/evidence.py).
+
+def _cross_fitted(fixed, losses, units):
+  """(`verdict_rule.cross_fitted` over the fixed hypotheses scored with every seed on every held-out split, in
+  names and JSON, or None where fewer than two are; {"names", "losses": {split: (K, S, U) unit losses}} for the
+  evidence needed). A held-out split of fewer than two units is left out (no interval can be had on it)."""
+  held_out = [s for s in ("val", "test") if s in units and len(units[s][1]) >= 2]
+  names = [r["name"] for r in fixed if held_out and all((r["name"], s) in losses for s in held_out)]
+  if len(names) < 2:
+    return None, {}
+  unit_losses = {s: np.stack([_unit_means(losses[(n, s)], units[s][0], len(units[s][1])) for n in names])
+                 for s in held_out}
+  result = verdict_rule.cross_fitted(unit_losses, {s: units[s][1] for s in held_out})
+  directions = [{"chosen_on": d["chosen_on"], "confirmed_on": d["confirmed_on"], "chosen": names[d["chosen"]],
+                 "cleared": d["cleared"], "uncleared": [names[k] for k in d["uncleared"]],
+                 "excess": {names[k]: {"mean": e["mean"], "ci": e["ci"]} for k, e in d["excess"].items()}}
+                for d in result["directions"]]
+  rule = {"rule": result["rule"], "level": result["level"], "false_naming": verdict_rule.FALSE_NAMING,
+          "named": None if result["named"] is None else names[result["named"]], "directions": directions}
+  return rule, {"names": names, "losses": unit_losses}
+
+
+def _not_told_apart(rule, lead, fixed):
+  """(the rivals the rule could not tell from `lead`, the direction that came closest to naming it)."""
+  own = [d for d in rule["directions"] if d["chosen"] == lead]
+  if not own:  # the leader was not scored with every seed: the rule could not judge it
+    return [r["name"] for r in fixed if r["name"] != lead], None
+  direction = min(own, key=lambda d: len(d["uncleared"]))
+  return ([] if rule["named"] == lead else direction["uncleared"]), direction
+
+
+def _rule_sentence(rule, lead, tied, direction) -> str:
+  level = f"{rule['level']:.1%}".replace(".0%", "%")
+  if direction is None:
+    return (f"The data do not tell {lead} apart from {', '.join(tied)}: {lead} was not scored with every seed, so "
+            "the verdict cannot judge it.")
+  where = (f"chosen on the {direction['chosen_on']} images and confirmed on the {direction['confirmed_on']} images"
+           if rule["rule"] == "cross-fitted" else
+           f"chosen and confirmed on the {direction['chosen_on']} images, each interval widened for the choice")
+  if tied:
+    return (f"The data do not tell {lead} apart from {', '.join(tied)}: {where}, the paired {level} interval of "
+            f"their excess error over {lead} reaches zero.")
+  return (f"{lead} fits best: {where}, every other listed hypothesis has a larger error, each by a paired {level} "
+          f"interval above zero (so a hypothesis that is not the best is named at most "
+          f"{rule['false_naming']:.0%} of the time).")
+
+
+def _evidence_needed(verdict, control, rule, unit_losses, losses, units) -> tuple[list, str]:
+  """(`evidence_needed` rows, what the verdict adds): per rival not told apart from the leader and per control
+  member not yet ruled out, the held-out units per stress time (at this run's seeds) and the seeds (at its units)
+  that would settle it; the verdict carries them when it names nothing."""
+  rows = []
+  lead = verdict.get("leader") or verdict.get("lowest_error")
+  names = unit_losses.get("names", [])
+  if rule is not None and lead in names and control["state"] != "fired":
+    tied, _ = _not_told_apart(rule, lead, [{"name": n} for n in names])
+    held_out = list(unit_losses["losses"])
+    have = min(evidence_lib.units_per_label(units[s][1]) for s in held_out)
+    labels_U = np.concatenate([units[s][1] for s in held_out])
+    word = units[held_out[0]][2]
+    for name in tied:
+      diff_SxU = np.concatenate([u[names.index(name)] - u[names.index(lead)] for u in unit_losses["losses"].values()],
+                                axis=1)
+      rows.append(evidence_lib.row(name, lead, "rival", float(diff_SxU.mean()), diff_SxU, labels_U, have,
+                                   rule["level"], " and ".join(held_out), word))
+  if control["state"] == "inconclusive":
+    split = control["split"]
+    unit_N, unit_labels, word = units[split]
+    for name, share in control["per_member"].items():
+      if share["ci95"][1] >= share["bar"] and (name, split) in losses:
+        loss_SxU = _unit_means(losses[(name, split)], unit_N, len(unit_labels))
+        effect = float(loss_SxU.mean()) - (1.0 - share["bar"]) * share["target_variance"]
+        rows.append(evidence_lib.row(name, "its bar", "control", effect, loss_SxU, unit_labels,
+                                     evidence_lib.units_per_label(unit_labels), 0.95, split, word))
+  if rows and not verdict.get("distinguishable"):
+    return rows, (f" Evidence that would settle it ({evidence_lib.POWER:.0%} power, projected from this run's seed "
+                  "and image variation): " + "; ".join(r["text"] for r in rows) + ".")
+  if control["state"] == "fired":
+    return rows, " More held-out images or seeds would not change this: the control fired."
+  return rows, ""
 
 
 def _adequacy(ranked, leader, paired) -> dict:

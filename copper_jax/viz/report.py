@@ -123,14 +123,33 @@ def _ranking_table(summary):
     body.append(f"<tr{css}><td>{status}</td><td>{name}</td><td>{_fmt(train['mean']) if train else '-'}</td>"
                 f"{cell('val')}{cell('test')}<td>{_fmt(iou.get('smoothed'), 3)}</td>"
                 f"<td>{_fmt(iou.get('mean_iou'), 3)}</td></tr>")
-  note = ('<p class="note">Shaded rows: the leader and the hypotheses whose paired 95% interval of excess error '
-          'over it reaches zero; the data do not order them.</p>' if not summary.get("distinguishable", True)
-          else "")
+  note = ('<p class="note">Shaded rows: the leader and the hypotheses the verdict could not tell from it (chosen on '
+          'one held-out split, their paired interval of excess error on the other reaches zero); the data do not '
+          'order them.</p>' if not summary.get("distinguishable", True) else "")
   if summary.get("evidence"):
     note += f'<p class="note">Intervals are over {html.escape(summary["evidence"]["text"])}.</p>'
     if summary["evidence"].get("note"):
       note += f'<p class="note">{html.escape(summary["evidence"]["note"])}</p>'
-  return f"<table>{head}{''.join(body)}</table>{note}"
+  return f"<table>{head}{''.join(body)}</table>{note}{_evidence_needed_table(summary)}"
+
+
+def _evidence_needed_table(summary):
+  """What would settle what the verdict left open (sweep.json's evidence_needed), next to the ranking."""
+  rows = summary.get("evidence_needed") or []
+  if not rows:
+    return ""
+  def count(v, cap):
+    return str(v) if v is not None else f"more than {cap}"
+  body = "".join(
+      f"<tr><td>{html.escape(r['name'])}</td><td>{html.escape(r['against'])}</td>"
+      f"<td>{count(r['units_per_label'], 500)} (has {r['have_units_per_label']})</td>"
+      f"<td>{count(r['seeds'], 50)} (has {r['have_seeds']})</td><td>{html.escape(r['text'])}</td></tr>"
+      for r in rows)
+  return ('<h3>Evidence that would settle it</h3><table><tr><th>rival or control</th><th>against</th>'
+          '<th>held-out units per stress time, at this run\'s seeds</th><th>seeds, at this run\'s units</th>'
+          f'<th>in words</th></tr>{body}</table><p class="note">Each figure is where the interval is expected to '
+          f'clear with {rows[0]["power"]:.0%} probability, projected from this run\'s own seed and image variation '
+          '(a planning figure: docs/science.md, "The evidence needed").</p>')
 
 
 def _control_section(summary):
