@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from copper_jax import config_utils, members, optim
-from copper_jax.data import folder, synthetic
+from copper_jax.data import folder, sem_metadata, synthetic
 from copper_jax.errors import ConfigError
 from copper_jax.models import DTYPES
 from copper_jax.models.layers import NORMS
@@ -194,13 +194,30 @@ def _synthetic_labels_problem(value, config) -> str | None:
   return "a sweep or classifier needs at least 2 stress times; use 0 (the preset's) or >= 2" if value == 1 else None
 
 
+def _crop_bottom_problem(value, config) -> str | None:
+  if value == folder.AUTO_CROP:
+    return None
+  problem = _whole(lo=0, hi=2 ** 31, unit="pixels").problem(value, config)
+  return problem + ", or 'auto' (each file's recorded info bar)" if problem else None
+
+
+def _pixel_size_problem(value, config) -> str | None:
+  lo, hi = sem_metadata.PIXEL_SIZE_RANGE_NM
+  problem = Number(lo=0, hi=hi, unit="nm").problem(value, config)
+  if problem or 0 < value < lo:
+    return f"must be 0 (keep each image's pixels) or a pixel size from {lo:g} to {hi:g} nm"
+  return None
+
+
 # Keys every training job reads: data, model, optimizer, duration.
 COMMON = {
     "preset": Text(),
     "seed": _whole(lo=0, hi=_MAX_SEED),
     "deterministic": Flag(),
     "data.root": Text(),
-    "data.crop_bottom": _whole(lo=0, hi=2 ** 31, unit="pixels"),
+    "data.crop_bottom": Custom(_crop_bottom_problem),
+    "data.page": _whole(lo=0, hi=2 ** 31),
+    "data.pixel_size_nm": Custom(_pixel_size_problem),
     "data.skip_unreadable": Flag(),
     "data.max_pixels": _whole(lo=1, hi=2 ** 40, unit="pixels"),
     "data.standardise": OneOf(folder.STANDARDISE_MODES),
@@ -285,7 +302,7 @@ GRID = {
 }
 
 # Keys a workdir saved before they existed may lack; the code then uses their documented default.
-OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.synthetic.fraction_jitter",
+OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.page", "data.pixel_size_nm", "data.synthetic.fraction_jitter",
                       "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid",
                       "data.synthetic.texture", "model.search.enabled", "model.search.points",
                       "model.search.num_steps", "model.search.memory_mb", "loss.consistency_weight"})

@@ -151,6 +151,17 @@ def prepare_surface(path: str, image: np.ndarray, meta: sem_metadata.SEMMetadata
   return surface, crop
 
 
+def surface_metadata(meta: sem_metadata.SEMMetadata, crop_bottom, pixel_size_nm: float = 0.0,
+                     ) -> sem_metadata.SEMMetadata:
+  """The file's metadata as it applies to its `prepare_surface` output: the info bar left after the crop (in the
+  output's rows), and the pixel size resampled to."""
+  crop = (meta.info_bar_rows or 0) if crop_bottom == AUTO_CROP else int(crop_bottom)
+  left = None if meta.info_bar_rows is None else max(meta.info_bar_rows - crop, 0)
+  if left and pixel_size_nm and meta.pixel_size_nm:
+    left = int(round(left * meta.pixel_size_nm / pixel_size_nm))
+  return dataclasses.replace(meta, info_bar_rows=left, pixel_size_nm=pixel_size_nm or meta.pixel_size_nm)
+
+
 def load_folder(root, crop_bottom=0, skip_unreadable: bool = False, standardise: str = "image",
                 max_pixels: int = MAX_PIXELS, mixed_pixel_sizes: str = "refuse", page: int = 0,
                 pixel_size_nm: float = 0.0) -> SEMDataset:
