@@ -302,7 +302,8 @@ GRID = {
 }
 
 # Keys a workdir saved before they existed may lack; the code then uses their documented default.
-OPTIONAL = frozenset({"data.max_pixels", "data.mixed_pixel_sizes", "data.page", "data.pixel_size_nm", "data.synthetic.fraction_jitter",
+OPTIONAL = frozenset({"data.page", "data.pixel_size_nm",
+                      "data.max_pixels", "data.mixed_pixel_sizes", "data.synthetic.fraction_jitter",
                       "data.synthetic.drift_brightness", "data.synthetic.drift_blur", "model_from_grid",
                       "data.synthetic.texture", "model.search.enabled", "model.search.points",
                       "model.search.num_steps", "model.search.memory_mb", "loss.consistency_weight"})

@@ -125,14 +125,16 @@ def parse_length_nm(value, unit: str = "") -> float | None:
   return number * scale if number is not None and scale is not None else None
 
 
-def _plausible_size(nm: float | None, source: str, problems: list) -> float | None:
-  """`nm` when it is a finite pixel size within PIXEL_SIZE_RANGE_NM; else None, with a line in `problems`."""
+def _plausible_size(nm: float | None, source: str, problems: list, raw=None) -> float | None:
+  """`nm` when it is a finite pixel size within PIXEL_SIZE_RANGE_NM; else None, with a line in `problems` naming
+  the value as the file holds it (`raw`)."""
   if nm is None:
     return None
   lo, hi = PIXEL_SIZE_RANGE_NM
   if math.isfinite(nm) and lo <= nm <= hi:
     return nm
-  problems.append(f"pixel size {nm:.4g} nm from {source} is outside {lo:g} nm to 1 mm per pixel: ignored")
+  held = f" ({raw!r} in the file)" if raw is not None else ""
+  problems.append(f"{source} gives a pixel of {nm:.4g} nm{held}, outside {lo:g} nm to 1 mm: not plausible, ignored")
   return None
 
 
@@ -170,7 +172,7 @@ def _from_fei(meta: dict, height: int, width: int) -> SEMMetadata:
     metres = parse_number(meta.get(section, {}).get("PixelWidth"))
     if metres is not None:
       source = f"FEI tag 34682 [{section}] PixelWidth"
-      pixel_nm = _plausible_size(metres * 1e9, source, problems)
+      pixel_nm = _plausible_size(metres * 1e9, source, problems, meta[section]["PixelWidth"])
       break
   hfw = parse_number(meta.get(beam_name, {}).get("HFW")) if beam_name else None
   if pixel_nm is None and source is None and hfw is not None:
@@ -223,7 +225,7 @@ def _from_zeiss(meta: dict, height: int, width: int) -> SEMMetadata:
     pixel_nm = reference * _ZEISS_REFERENCE_WIDTH / width if reference is not None else None
   if pixel_nm is None and size is not None:
     problems.append(f"Zeiss pixel size {size!r} {unit} not understood: ignored")
-  pixel_nm = _plausible_size(pixel_nm, source, problems)
+  pixel_nm = _plausible_size(pixel_nm, source, problems, size)
   kv, kv_unit = _zeiss_entry(meta, "ap_actualkv")
   voltage = parse_number(kv)
   if voltage is not None and str(kv_unit).strip().lower() == "v":
@@ -281,7 +283,8 @@ def _from_tescan(sections: dict, height: int) -> SEMMetadata:
   problems = []
   metres = parse_number(either.get("PixelSizeX"))
   source = "TESCAN tag 50431 MAIN PixelSizeX"
-  pixel_nm = _plausible_size(metres * 1e9 if metres is not None else None, source, problems)
+  pixel_nm = _plausible_size(metres * 1e9 if metres is not None else None, source, problems,
+                             either.get("PixelSizeX"))
   bar = _recorded_bar(parse_number(either.get("ImageStripSize")), height, "TESCAN tag 50431 MAIN ImageStripSize",
                       problems)
   return SEMMetadata(vendor="TESCAN", instrument=_text(either.get("Device")), pixel_size_nm=pixel_nm,
