@@ -19,9 +19,9 @@ def zeiss_tag(pixel_size_nm: float, kv: float = 10.0, mag: str = "5.00 K X", det
 
 
 def tescan_tag(pixel_size_nm: float, kv: float = 15.0, mag: str = "5000", detector: str = "SE"):
-  text = (f"[MAIN]\r\nPixelSizeX={pixel_size_nm * 1e-9:.6e}\r\nHV={kv * 1e3:g}\r\nMagnification={mag}\r\n"
-          f"Detector={detector}\r\n")
-  return (50431, "s", 0, text, True)
+  data = tescan_chunks({"PixelSizeX": f"{pixel_size_nm * 1e-9:.6e}", "Magnification": mag},
+                       {"HV": f"{kv * 1e3:g}", "Detector": detector})
+  return (50431, 7, None, data, True)
 
 
 def with_info_bar(pixels_HxW: np.ndarray, rows: int) -> np.ndarray:

@@ -286,3 +286,39 @@ def test_inspect_launcher_writes_the_rows_and_never_overwrites(tmp_path):
   assert "1 image file(s)" in done.stdout and out.read_text().startswith("path,readable,")
   again = subprocess.run(command, capture_output=True, text=True, check=False)
   assert again.returncode != 0 and "exists" in again.stderr and out.read_text().startswith("path,readable,")
+
+
+def test_new_data_keys_take_auto_and_pixel_sizes_and_refuse_the_rest_in_one_line():
+  from configs import sweep as sweep_configs
+  from copper_jax import config_rules
+  config = sweep_configs.get_config("smoke")
+  assert (config.data.crop_bottom, config.data.page, config.data.pixel_size_nm) == (0, 0, 0.0)
+  for crop, size in (("auto", 0.0), (64, 2.5), (0, 1e6)):
+    config.data.crop_bottom, config.data.pixel_size_nm = crop, size
+    config_rules.check(config, config_rules.SWEEP)
+  for key, value, words in (("crop_bottom", "bar", "'auto'"), ("crop_bottom", -1, "'auto'"),
+                            ("pixel_size_nm", 1e-3, "0.01"), ("pixel_size_nm", float("inf"), "0.01"),
+                            ("page", -1, ">= 0")):
+    bad = sweep_configs.get_config("smoke")
+    bad.data[key] = value
+    with pytest.raises(ConfigError) as e:
+      config_rules.check(bad, config_rules.SWEEP)
+    assert f"config.data.{key}=" in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_predict_reads_new_images_as_the_training_images_were_prepared(tmp_path):
+  from configs import sweep as sweep_configs
+  from copper_jax import predict
+  surface = _surface((64, 64))
+  path = _fei(tmp_path / "new.tif", surface, pixel_width="2e-9", bar_rows=8)
+  config = sweep_configs.get_config("smoke")
+  config.data.crop_bottom, config.data.pixel_size_nm, config.data.standardise = "auto", 4.0, "image"
+  summary = prepare.DataSummary(stress_times=np.array([0.0, 1.0]), label_names=["0", "1"], image_shape=(32, 32),
+                                dtype=np.dtype(np.uint8), mean=0.0, std=1.0, split_sizes={}, pixel_size_nm=4.0,
+                                pixel_size_range_nm=[2.0, 2.0], resampled_to_nm=4.0)
+  reader = predict.Reader(config, summary)
+  image = reader.read(path)
+  assert image.shape == (32, 32) and reader.crop_bottom == 0  # the bar cut, then resampled from 2 to 4 nm
+  meta = reader.metadata(path, image.shape[0])
+  assert (meta.info_bar_rows, meta.pixel_size_nm) == (0, 4.0)
+  assert summary.pixel_size_flag(meta.pixel_size_nm) is None
