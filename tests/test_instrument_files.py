@@ -322,3 +322,19 @@ def test_predict_reads_new_images_as_the_training_images_were_prepared(tmp_path)
   meta = reader.metadata(path, image.shape[0])
   assert (meta.info_bar_rows, meta.pixel_size_nm) == (0, 4.0)
   assert summary.pixel_size_flag(meta.pixel_size_nm) is None
+
+
+def test_hitachi_and_tescan_sidecars(tmp_path):
+  surface = _surface((60, 40))
+  hitachi = sem_tiffs.write_tiff(str(tmp_path / "hitachi.tif"), surface, None)
+  (tmp_path / "hitachi.txt").write_text("[SemImageFile]\nInstructName=S-4800\nPixelSize=19.84375\n"
+                                        "AcceleratingVoltage=15000 Volt\nMagnification=5000\nSignalName=SE(U)\n")
+  meta = sem_metadata.read_sem_metadata(hitachi)
+  assert (meta.vendor, meta.instrument, meta.pixel_size_nm, meta.voltage_kv) == ("Hitachi", "S-4800",
+                                                                                 pytest.approx(19.84375), 15.0)
+  tescan = sem_tiffs.write_tiff(str(tmp_path / "tescan.tif"), sem_tiffs.with_info_bar(surface, 10), None)
+  (tmp_path / "tescan-tif.hdr").write_text("[MAIN]\r\nDevice=VEGA3\r\nPixelSizeX=1,5e-8\r\nImageStripSize=10\r\n"
+                                           "[SEM]\r\nHV=20000\r\n")
+  meta = sem_metadata.read_sem_metadata(tescan)
+  assert (meta.vendor, meta.pixel_size_nm, meta.voltage_kv, meta.info_bar_rows) == ("TESCAN", pytest.approx(15.0),
+                                                                                    20.0, 10)

@@ -4,8 +4,8 @@ magnification, detector, voltage, and the info bar's height.
 tifffile decodes the vendors' TIFF tags: FEI/Thermo Fisher (34682, an INI text; `TiffFile.fei_metadata`), Zeiss
 SmartSEM (34118; `TiffFile.sem_metadata`) and Fiji/ImageJ (`imagej_metadata` with the XResolution tag). Read here,
 because no Apache-compatible maintained reader does it (docs/guide.md, "Instrument files"): TESCAN's tag 50431, a
-sequence of binary chunks (a thumbnail, then `MAIN` and `SEM` chunks of key=value lines), and the JEOL and Hitachi
-`<stem>.txt` sidecars. Every pixel size passes a plausibility check (finite, 0.01 nm to 1 mm per pixel); one
+sequence of binary chunks (a thumbnail, then `MAIN` and `SEM` chunks of key=value lines) or its `.hdr` sidecar,
+and the JEOL and Hitachi `<stem>.txt` sidecars. Every pixel size passes a plausibility check (finite, 0.01 nm to 1 mm per pixel); one
 outside it is dropped with a line in `problems`. A file without metadata gives an `SEMMetadata` with every field
 None: metadata is optional, the pixels are what the model needs.
 
@@ -82,7 +82,7 @@ def read_sem_metadata(path: str, height: int | None = None, width: int | None = 
   except Exception as e:  # tifffile raises many types on odd tags; the pixels are read (and checked) elsewhere
     found = SEMMetadata(problems=(f"metadata unreadable ({image_reader.first_line(e)})",))
   if found.vendor is None:
-    found = _from_sidecar(path) or found
+    found = _from_sidecar(path, height) or found
   return found
 
 
@@ -138,9 +138,9 @@ def _plausible_size(nm: float | None, source: str, problems: list, raw=None) -> 
   return None
 
 
-def _recorded_bar(bar: float | None, height: int, source: str, problems: list) -> int | None:
+def _recorded_bar(bar: float | None, height: int | None, source: str, problems: list) -> int | None:
   """Info-bar rows recorded by the vendor when plausible (whole, >= 0, at most MAX_BAR_SHARE of the height)."""
-  if bar is None:
+  if bar is None or height is None:  # no image height to judge a bar against: none is taken
     return None
   if not math.isfinite(bar) or bar != int(bar) or not 0 <= bar <= MAX_BAR_SHARE * height:
     problems.append(f"{source} gives an info bar of {bar:g} rows on a {height}-row image: not plausible, ignored")
@@ -276,7 +276,7 @@ def _tescan_sections(value) -> dict:
   return sections
 
 
-def _from_tescan(sections: dict, height: int) -> SEMMetadata:
+def _from_tescan(sections: dict, height: int | None) -> SEMMetadata:
   """TESCAN: `PixelSizeX` (m) and `ImageStripSize` (the info bar's rows) in MAIN, `HV` (V) and `Detector` in SEM."""
   main, sem = sections.get("MAIN", {}), sections.get("SEM", {})
   either = {**sem, **main}
@@ -317,9 +317,8 @@ def _from_imagej(meta: dict, page) -> SEMMetadata:
 _JEOL_LINE = re.compile(r"^\$+(\S+)\s+(.*)$")
 
 
-def _read_sidecar(path: str) -> str | None:
-  """The text of `<stem>.txt` beside the image when it is a regular file under SIDECAR_MAX_BYTES; else None."""
-  sidecar = os.path.splitext(path)[0] + ".txt"
+def _read_sidecar(sidecar: str) -> str | None:
+  """The text of the file `sidecar` when it is a regular file under SIDECAR_MAX_BYTES; else None."""
   if not os.path.lexists(sidecar):
     return None
   try:
@@ -329,16 +328,21 @@ def _read_sidecar(path: str) -> str | None:
     return None
 
 
-def _from_sidecar(path: str) -> SEMMetadata | None:
-  text = _read_sidecar(path)
-  if text is None:
-    return None
-  jeol = {m.group(1): m.group(2).strip() for m in map(_JEOL_LINE.match, text.splitlines()) if m}
-  if "CM_MAG" in jeol or "SM_MICRON_BAR" in jeol:
-    return _from_jeol(jeol)
-  hitachi = _key_values(text)
-  if "PixelSize" in hitachi and ("InstructName" in hitachi or "[SemImageFile]" in text):
-    return _from_hitachi(hitachi)
+def _from_sidecar(path: str, height: int | None) -> SEMMetadata | None:
+  """JEOL or Hitachi `<stem>.txt`, or a TESCAN `<stem>-<ext>.hdr` / `<stem>.hdr` ([MAIN] and [SEM] sections)."""
+  stem, ext = os.path.splitext(path)
+  text = _read_sidecar(stem + ".txt")
+  if text is not None:
+    jeol = {m.group(1): m.group(2).strip() for m in map(_JEOL_LINE.match, text.splitlines()) if m}
+    if "CM_MAG" in jeol or "SM_MICRON_BAR" in jeol:
+      return _from_jeol(jeol)
+    hitachi = _key_values(text)
+    if "PixelSize" in hitachi and ("InstructName" in hitachi or "[SemImageFile]" in text):
+      return _from_hitachi(hitachi)
+  for header in (f"{stem}-{ext.lstrip('.')}.hdr", stem + ".hdr"):
+    text = _read_sidecar(header)
+    if text is not None and "PixelSizeX" in text:
+      return _from_tescan(_tescan_sections(text.encode("latin-1")), height)
   return None
 
 
