@@ -90,7 +90,7 @@ def _from_tiff(tif, page, height: int, width: int) -> SEMMetadata:
   if tif.is_fei:
     return _from_fei(tif.fei_metadata or {}, height, width)
   if tif.is_sem:
-    return _from_zeiss(tif.sem_metadata or {}, height, width)
+    return _from_zeiss(tif.sem_metadata or {}, width)
   if _TESCAN_TAG in page.tags:
     return _from_tescan(_tescan_sections(page.tags[_TESCAN_TAG].value), height)
   if tif.is_imagej:
@@ -203,10 +203,10 @@ def _zeiss_entry(meta: dict, key: str):
   return entry[1], entry[2] if len(entry) > 2 else ""
 
 
-def _from_zeiss(meta: dict, height: int, width: int) -> SEMMetadata:
+def _from_zeiss(meta: dict, width: int) -> SEMMetadata:
   """Zeiss: `ap_image_pixel_size` (this image's pixels) where present, else `ap_pixel_size` or the struct's first
-  entry (metres), which refer to a 1024-pixel-wide frame and are scaled to the image's width."""
-  del height  # Zeiss records no data-zone height: the pixel rule finds it
+  entry (metres), which refer to a 1024-pixel-wide frame and are scaled to the image's width. Zeiss records no
+  data-zone height: the pixel rule finds it."""
   problems = []
   pixel_nm, source = None, None
   size, unit = _zeiss_entry(meta, "ap_image_pixel_size")
