@@ -37,11 +37,14 @@ def write_tiff(path: str, pixels_HxW: np.ndarray, tag) -> str:
   return path
 
 
-def fei_text(pixel_width: str, scanned_rows, kv: float = 5.0, beam: str = "EBeam", extra: str = "") -> str:
-  """An FEI/Thermo [section] key=value text as tag 34682 holds it; `pixel_width` in metres, as the file writes it."""
+def fei_text(pixel_width: str, scanned_rows, kv: float = 5.0, beam: str = "EBeam", beam_lines: str = "",
+             image_lines: str = "") -> str:
+  """An FEI/Thermo [section] key=value text as tag 34682 holds it; `pixel_width` in metres, as the file writes it;
+  `beam_lines` and `image_lines` go into the beam's and the [Image] section."""
   scan = f"[Scan]\r\nPixelWidth={pixel_width}\r\n" if pixel_width is not None else ""
   return (f"[User]\r\nDate=11/30/2026\r\n[System]\r\nSystemType=Test SEM\r\n[Beam]\r\nBeam={beam}\r\n{scan}"
-          f"[{beam}]\r\nHV={kv * 1e3:g}\r\n{extra}[Detectors]\r\nName=ETD\r\n[Image]\r\nResolutionY={scanned_rows}\r\n")
+          f"[{beam}]\r\nHV={kv * 1e3:g}\r\n{beam_lines}[Detectors]\r\nName=ETD\r\n[Image]\r\n"
+          f"ResolutionY={scanned_rows}\r\n{image_lines}")
 
 
 def tiff_directory_last(path: str, pixels_HxW: np.ndarray, ascii_tags=()) -> str:

@@ -107,10 +107,11 @@ def test_zeiss_pixel_size_from_each_way_it_is_recorded(tmp_path, entries, struct
 
 def test_fei_nav_camera_scale_comes_from_the_field_width_or_nowhere(tmp_path):
   surface = _surface((40, 64))
+  # Recorded 128 pixels across (a frame saved at half its scan width): the field is divided by the recorded width.
   navcam = _fei(tmp_path / "nav.tif", surface, pixel_width=None, beam="IRBeam", bar_rows=4,
-                extra="[Image]\r\nResolutionX=64\r\n[IRBeam]\r\nHFW=0.016896\r\n")
+                beam_lines="HFW=0.016896\r\n", image_lines="ResolutionX=128\r\nMagCanvasRealWidth=0.16896\r\n")
   meta = sem_metadata.read_sem_metadata(navcam)
-  assert meta.pixel_size_nm == pytest.approx(0.016896e9 / 64)
+  assert meta.pixel_size_nm == pytest.approx(0.016896e9 / 128) and meta.magnification == "10 x"
   assert meta.pixel_size_source == "FEI tag 34682 [IRBeam] HFW / [Image] ResolutionX"
   bare = _fei(tmp_path / "bare.tif", surface, pixel_width=None, beam="IRBeam", bar_rows=4)
   assert sem_metadata.read_sem_metadata(bare).pixel_size_nm is None
