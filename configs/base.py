@@ -16,10 +16,18 @@ def data(split: dict) -> ml_collections.ConfigDict:
   """
   section = ml_collections.ConfigDict()
   section.root = ""                # a folder of SEM images by stress time; "" generates the synthetic set
-  section.crop_bottom = 0          # pixels of SEM info bar to remove
+  # Rows of SEM info bar to remove, or "auto": what each file's metadata records (FEI/Thermo [Image] ResolutionY,
+  # TESCAN ImageStripSize, the Zeiss data zone; nothing where a file records none). launch/inspect.py shows
+  # both. A FieldReference of type object, so that both --config.data.crop_bottom=auto and =68 parse.
+  section.crop_bottom = ml_collections.FieldReference(0, field_type=object)
+  section.page = 0                 # page of multi-page files to read (0: the first)
+  # 0 keeps every image's pixels; X (nm) resamples every image, anti-aliased, to X nm per pixel (a set taken at
+  # several magnifications then trains at one scale; prediction resamples new images the same way).
+  section.pixel_size_nm = 0.0
   section.skip_unreadable = False  # skip (and list) unreadable images instead of stopping
   section.max_pixels = folder.MAX_PIXELS  # largest image (H x W) accepted, read from each file's header
-  # "refuse": stop when the images' metadata give different pixel sizes (magnifications); "allow": warn only.
+  # "refuse": stop when the images' metadata give different pixel sizes (magnifications); "allow": warn only, and
+  # record the sizes as they are (prediction then compares each new image with their range).
   section.mixed_pixel_sizes = "refuse"
   # "dataset": one mean and std for all images. Per-image standardisation ("image") would leak the global
   # fraction: an image's std falls as its smoothed area grows, so dividing by it rescales every pixel's noise by

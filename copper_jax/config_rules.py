@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from copper_jax import config_utils, members, optim
-from copper_jax.data import folder, synthetic
+from copper_jax.data import folder, sem_metadata, synthetic
 from copper_jax.errors import ConfigError
 from copper_jax.models import DTYPES
 from copper_jax.models.layers import NORMS
@@ -256,6 +256,21 @@ def _duration_problem(value, config) -> str | None:
   return None
 
 
+def _crop_bottom_problem(value, config) -> str | None:
+  if value == folder.AUTO_CROP:
+    return None
+  problem = _whole(lo=0, hi=2 ** 31, unit="pixels").problem(value, config)
+  return problem + ", or 'auto' (each file's recorded info bar)" if problem else None
+
+
+def _pixel_size_problem(value, config) -> str | None:
+  lo, hi = sem_metadata.PIXEL_SIZE_RANGE_NM
+  problem = Number(lo=0, hi=hi, unit="nm").problem(value, config)
+  if problem or 0 < value < lo:
+    return f"must be 0 (keep each image's pixels) or a pixel size from {lo:g} to {hi:g} nm"
+  return None
+
+
 # Keys every training job reads: data, model, optimizer, duration. The data section is checked against the data
 # itself (data_summary.json's identity), so only the standardisation is part of the fingerprint.
 COMMON = {
@@ -263,7 +278,9 @@ COMMON = {
     "seed": _fixes(_whole(lo=0, hi=_MAX_SEED)),
     "deterministic": Key(Flag()),
     "data.root": Key(Text()),
-    "data.crop_bottom": Key(_whole(lo=0, hi=2 ** 31, unit="pixels")),
+    "data.crop_bottom": Key(Custom(_crop_bottom_problem)),
+    "data.page": Key(_whole(lo=0, hi=2 ** 31), absent=0),
+    "data.pixel_size_nm": Key(Custom(_pixel_size_problem), absent=0.0),
     "data.skip_unreadable": Key(Flag()),
     "data.max_pixels": Key(_whole(lo=1, hi=2 ** 40, unit="pixels"), absent=folder.MAX_PIXELS),
     "data.standardise": _fixes(OneOf(folder.STANDARDISE_MODES)),

@@ -8,7 +8,6 @@ as good as g is.
 import numpy as np
 
 from copper_jax import stats
-from copper_jax.data import sem_metadata
 
 # The training range of a statistic is widened by this share of its width (or of its value, when all training
 # images agree) before a new image counts as outside it: rounding and a little drift are not a new distribution.
@@ -60,11 +59,9 @@ def distribution_flags(surface_HxW: np.ndarray, pixel_size_nm: float | None, sum
   """Why a new image looks unlike the training images (empty when it does not): its pixel size, its own mean
   brightness and contrast (std) against the training images' range, and an info bar the crop leaves in."""
   flags = []
-  if pixel_size_nm and summary.pixel_size_nm and not sem_metadata.same_pixel_size(pixel_size_nm,
-                                                                                 summary.pixel_size_nm):
-    flags.append(f"pixel size {pixel_size_nm:.4g} nm, trained on {summary.pixel_size_nm:.4g} nm")
-  elif summary.pixel_size_nm and not pixel_size_nm:
-    flags.append(f"no pixel size in the file; trained on {summary.pixel_size_nm:.4g} nm")
+  pixel_flag = summary.pixel_size_flag(pixel_size_nm)  # against the training files' range (or resampled size)
+  if pixel_flag:
+    flags.append(pixel_flag)
   ranges = summary.intensity_range or {}
   for key, what in (("mean", "brightness (mean)"), ("std", "contrast (std)")):
     if key in ranges:

@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from copper_jax.data import folder
+from copper_jax.data import folder, image_reader
 from copper_jax.data.folder import load_folder
 from copper_jax.data.sampler import PatchSampler, steps_per_epoch, whole_image_batches
 from copper_jax.data.splits import load_or_make_splits, make_splits
@@ -241,7 +241,7 @@ def test_permission_denied_names_the_file_even_as_root(tmp_path, monkeypatch):
       raise PermissionError(13, "Permission denied", path)
     return open(path, *args, **kwargs)
 
-  monkeypatch.setattr(folder, "open", open_denying, raising=False)  # shadows the builtin inside folder.py only
+  monkeypatch.setattr(image_reader, "open", open_denying, raising=False)  # shadows the builtin in the reader only
   _error(DataError, lambda: load_folder(tmp_path), "img_001.png", "Permission denied")
 
 

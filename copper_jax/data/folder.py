@@ -8,43 +8,38 @@ Layouts accepted by `load_folder(root)`:
              (`root` may also be the `images` folder itself; masks and manifest are then its siblings)
 `<t>` is the numeric stress time (`0`, `1`, `2.5`, `10`); folders sort numerically and the class index is the rank.
 
-Each image's SEM metadata (pixel size, magnification, detector, voltage) is read where its file carries it
-(`sem_metadata`); images of different pixel sizes are refused unless `mixed_pixel_sizes="allow"`, because the
-model's receptive field and the surface's texture scale are both counted in pixels. An info bar left in the images
-(seen in the metadata or in the pixels) is warned about, since its text may name the sample.
+Files are read by `image_reader` (TIFF through tifffile, any page; other formats through imageio). Each image's
+SEM metadata (pixel size, magnification, detector, voltage, info bar) is read where its file carries it
+(`sem_metadata`). Images of different pixel sizes are refused unless `mixed_pixel_sizes="allow"` or
+`pixel_size_nm` resamples them all to one, because the model's receptive field and the surface's texture scale are
+both counted in pixels. An info bar left in the images (seen in the metadata or in the pixels) is warned about,
+since its text may name the sample; `crop_bottom="auto"` crops what each file's metadata records.
 """
 import dataclasses
 import json
 import math
 import os
 import re
-import stat
-import struct
 import warnings
 
-import imageio.v3 as iio
 import numpy as np
 
-from copper_jax.data import sem_metadata
+from copper_jax.data import image_reader, scale, sem_metadata
+from copper_jax.data.image_reader import IMAGE_EXTENSIONS, MAX_PIXELS  # noqa: F401 -- the loader's own limits
 from copper_jax.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-# ITU-R BT.601 luma weights, the same as Pillow's RGB -> L conversion.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 # Floor on the std used to standardise, in image units, so a constant image maps to zeros instead of NaN.
 STD_EPS = 1e-6
 STANDARDISE_MODES = ("image", "dataset")
 MIXED_PIXEL_SIZE_MODES = ("refuse", "allow")
-# Largest image accepted, in pixels (H x W), checked from the file header before anything is decoded, so a corrupt
-# or hostile header cannot make the loader allocate gigabytes. 2**27 (e.g. 11585 x 11585) is far above any SEM
-# frame and below Pillow's own refusal at about 1.8e8 pixels, which would otherwise answer first.
-MAX_PIXELS = 2 ** 27
-# Enough of a file to find the dimensions in its header; a JPEG can put large EXIF blocks before its frame header,
-# and then the whole file is searched.
-_HEADER_BYTES = 1 << 16
+# crop_bottom="auto": each file's recorded info bar (none where the file records none).
+AUTO_CROP = "auto"
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _READ_FIX = "replace or delete the file, or load with skip_unreadable=True to skip it"
+_show = image_reader.show
+_first_line = image_reader.first_line
+_Unreadable = image_reader.Unreadable
 
 
 @dataclasses.dataclass(eq=False)
@@ -68,9 +63,11 @@ class SEMDataset:
   # One per image: "<label folder>/<specimen folder>", or "<label folder>" for files directly under it. Fields of
   # view of one specimen share its etch and SEM session, so splits keep them together and statistics resample them.
   specimens: list[str]
-  metadata: list[dict]  # one per image: `sem_metadata.SEMMetadata.to_json()`, None where the file does not say
+  metadata: list[dict]  # one per image: `sem_metadata.SEMMetadata.to_json()` of the file as it is
   intensity_mean: np.ndarray  # (N,) float64 each image's own mean and std in pixel units, whatever `standardise`
   intensity_std: np.ndarray   # is: what new images are compared with to flag ones unlike the training set
+  crops: list[int] = dataclasses.field(default_factory=list)  # rows cut from the bottom of each file
+  resampled_to_nm: float | None = None  # the pixel size every image was resampled to (data.pixel_size_nm)
 
   @property
   def num_classes(self) -> int:
@@ -82,14 +79,23 @@ class SEMDataset:
 
   @property
   def image_shape(self) -> tuple:
-    """(H, W) in pixels, after `crop_bottom`."""
+    """(H, W) in pixels, after `crop_bottom` (and resampling)."""
     return tuple(self.images[0].shape)
 
   @property
-  def pixel_size_nm(self) -> float | None:
-    """The images' pixel size in nanometres (median over the images whose metadata give it), or None."""
+  def pixel_size_range_nm(self) -> list | None:
+    """[smallest, largest] pixel size of the files as they are (nm), from their metadata; None when none says."""
     known = [m["pixel_size_nm"] for m in self.metadata if m.get("pixel_size_nm")]
-    return float(np.median(known)) if known else None
+    return [float(min(known)), float(max(known))] if known else None
+
+  @property
+  def pixel_size_nm(self) -> float | None:
+    """The pixel size the images are trained at, in nm: the resampled size, else the files' size where they all
+    agree (within `sem_metadata.SAME_PIXEL_SIZE_RTOL`); None when they differ or none says."""
+    if self.resampled_to_nm:
+      return float(self.resampled_to_nm)
+    span = self.pixel_size_range_nm
+    return span[0] if span and sem_metadata.same_pixel_size(*span) else None
 
   def standardised(self, i: int) -> np.ndarray:
     """(H, W) float32 image `i` as (x - mean) / max(std, eps)."""
@@ -111,21 +117,73 @@ def standardise_pixels(pixels: np.ndarray, mean: float, std: float) -> np.ndarra
   return out
 
 
-def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
-                standardise: str = "image", max_pixels: int = MAX_PIXELS,
-                mixed_pixel_sizes: str = "refuse") -> SEMDataset:
+def check_crop_bottom(crop_bottom) -> None:
+  if crop_bottom == AUTO_CROP:
+    return
+  if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, np.integer)) or crop_bottom < 0:
+    raise ConfigError(f"crop_bottom={crop_bottom!r}: must be a whole number of pixels >= 0, or 'auto' (each "
+                      f"file's recorded info bar)")
+
+
+def check_pixel_size_nm(pixel_size_nm) -> None:
+  lo, hi = sem_metadata.PIXEL_SIZE_RANGE_NM
+  if (isinstance(pixel_size_nm, bool) or not isinstance(pixel_size_nm, (int, float, np.integer, np.floating))
+      or not math.isfinite(pixel_size_nm) or not (pixel_size_nm == 0 or lo <= pixel_size_nm <= hi)):
+    raise ConfigError(f"pixel_size_nm={pixel_size_nm!r}: must be 0 (keep each image's pixels) or a pixel size in "
+                      f"nm from {lo:g} to {hi:g}")
+
+
+def prepare_surface(path: str, image: np.ndarray, meta: sem_metadata.SEMMetadata, crop_bottom,
+                    pixel_size_nm: float = 0.0) -> tuple[np.ndarray, int]:
+  """(surface, rows cut): the image with its info bar cut (`crop_bottom` rows, or with "auto" what the file's
+  metadata records) and, with `pixel_size_nm`, resampled to that pixel size; ConfigError or DataError naming the
+  file when it cannot be. New images at prediction go through the same steps as the training images."""
+  crop = (meta.info_bar_rows or 0) if crop_bottom == AUTO_CROP else int(crop_bottom)
+  if crop >= image.shape[0]:
+    raise ConfigError(f"crop_bottom={crop_bottom} removes all {image.shape[0]} rows of {_show(path)}: "
+                      f"set crop_bottom to the info-bar height, below the image height")
+  surface = _crop(image, crop)
+  if pixel_size_nm:
+    if not meta.pixel_size_nm:
+      raise DataError(f"{_show(path)} records no pixel size, so it cannot be resampled to data.pixel_size_nm="
+                      f"{pixel_size_nm:g}; remove it, or set data.pixel_size_nm=0 to keep every image's pixels")
+    surface = scale.resample(surface, meta.pixel_size_nm, pixel_size_nm)
+  return surface, crop
+
+
+def surface_metadata(meta: sem_metadata.SEMMetadata, crop_bottom, pixel_size_nm: float = 0.0,
+                     ) -> sem_metadata.SEMMetadata:
+  """The file's metadata as it applies to its `prepare_surface` output: the info bar left after the crop (in the
+  output's rows), and the pixel size resampled to."""
+  crop = (meta.info_bar_rows or 0) if crop_bottom == AUTO_CROP else int(crop_bottom)
+  left = None if meta.info_bar_rows is None else max(meta.info_bar_rows - crop, 0)
+  if left and pixel_size_nm and meta.pixel_size_nm:
+    left = int(round(left * meta.pixel_size_nm / pixel_size_nm))
+  return dataclasses.replace(meta, info_bar_rows=left, pixel_size_nm=pixel_size_nm or meta.pixel_size_nm)
+
+
+def load_folder(root, crop_bottom=0, skip_unreadable: bool = False, standardise: str = "image",
+                max_pixels: int = MAX_PIXELS, mixed_pixel_sizes: str = "refuse", page: int = 0,
+                pixel_size_nm: float = 0.0) -> SEMDataset:
   """Loads every image under `root` (see module docstring for layouts).
 
-  crop_bottom: rows (pixels) cut from the bottom of every image and mask, e.g. the SEM info bar.
+  crop_bottom: rows (pixels) cut from the bottom of every image and mask, e.g. the SEM info bar; "auto": the rows
+    each file's metadata records as its info bar (nothing where it records none).
   skip_unreadable: skip files that cannot be opened or decoded (listed in `dataset.skipped` and warned about)
     instead of raising DataError.
   standardise: "image" (each image's own mean/std) or "dataset" (the pooled mean/std of all images).
-  max_pixels: largest H x W accepted, read from each file's header before decoding; a larger image is unreadable.
-  mixed_pixel_sizes: "refuse" (DataError when the metadata give different pixel sizes) or "allow" (a warning).
+  max_pixels: largest H x W accepted, read from each file's directory before decoding; a larger image is unreadable.
+  mixed_pixel_sizes: "refuse" (DataError when the metadata give different pixel sizes) or "allow" (a warning; the
+    sizes are recorded as they are).
+  page: the page of multi-page files to read (0: the first).
+  pixel_size_nm: 0 keeps every image's pixels; X resamples every image (anti-aliased) to X nm per pixel, then cuts
+    them to their common size, so a set taken at several magnifications trains at one scale.
   """
-  if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, np.integer)) or crop_bottom < 0:
-    raise ConfigError(f"crop_bottom={crop_bottom!r}: must be a whole number of pixels >= 0")
+  check_crop_bottom(crop_bottom)
   _check_max_pixels(max_pixels)
+  check_pixel_size_nm(pixel_size_nm)
+  if isinstance(page, bool) or not isinstance(page, (int, np.integer)) or page < 0:
+    raise ConfigError(f"page={page!r}: must be a whole number >= 0 (the page of multi-page files, from 0)")
   if standardise not in STANDARDISE_MODES:
     raise ConfigError(f"standardise={standardise!r}: must be one of {', '.join(STANDARDISE_MODES)}")
   if mixed_pixel_sizes not in MIXED_PIXEL_SIZE_MODES:
@@ -136,7 +194,7 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
   _check_labels(images_dir, label_names, manifest, manifest_path)
   _check_files_reached_once(images_dir, {name: _image_files(images_dir, name) for name in label_names})
   skipped = []
-  images, paths, labels, masks, metadata, bars = [], [], [], [], [], []
+  images, paths, labels, masks, metadata, bars, crops = [], [], [], [], [], [], []
   first = None  # (path, raw shape) of the first image, to name both files when sizes differ
   for label, name in enumerate(label_names):
     files = _image_files(images_dir, name)
@@ -147,7 +205,7 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
     for rel in files:
       path = os.path.join(images_dir, rel)
       try:
-        image = _read_gray(path, max_pixels)
+        image = image_reader.read_gray(path, page, max_pixels)
         mask = None if masks_dir is None else _read_mask(masks_dir, rel, image.shape, max_pixels)
       except _Unreadable as e:
         if not skip_unreadable:
@@ -156,19 +214,18 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
         continue
       if first is None:
         first = (rel, image.shape)
-      elif image.shape != first[1]:
+      elif image.shape != first[1] and not pixel_size_nm:
         raise DataError(f"{_show(path)} is {_hxw(image.shape)} but {_show(os.path.join(images_dir, first[0]))} is "
-                        f"{_hxw(first[1])} (H x W): all images must have the same size; resize or remove one")
-      if crop_bottom >= image.shape[0]:
-        raise ConfigError(f"crop_bottom={crop_bottom} removes all {image.shape[0]} rows of {_show(path)}: "
-                          f"set crop_bottom to the info-bar height, below the image height")
-      meta = sem_metadata.read_sem_metadata(path, image.shape[0])
+                        f"{_hxw(first[1])} (H x W): all images must have the same size; resize or remove one, or "
+                        f"set data.pixel_size_nm to resample them to one pixel size")
+      meta = sem_metadata.read_sem_metadata(path, *image.shape)
       metadata.append(meta.to_json())
-      bars.append(meta.info_bar_rows if meta.info_bar_rows is not None
-                  else sem_metadata.detect_info_bar_rows(image))
-      images.append(_crop(image, crop_bottom))
+      bars.append(sem_metadata.info_bar(meta, image)[0])
+      surface, crop = prepare_surface(path, image, meta, crop_bottom, pixel_size_nm)
+      images.append(surface)
+      crops.append(crop)
       if mask is not None:
-        masks.append(_crop(mask, crop_bottom))
+        masks.append(_crop(mask, crop))
       paths.append(rel)
       labels.append(label)
       loaded_in_label += 1
@@ -177,16 +234,40 @@ def load_folder(root, crop_bottom: int = 0, skip_unreadable: bool = False,
                       f"and skipped; replace them or remove the folder")
   if skipped:
     warnings.warn(f"skipped {len(skipped)} unreadable file(s): " + " | ".join(skipped), stacklevel=2)
+  _warn_of_metadata_problems(images_dir, paths, metadata)
+  images, masks = _to_common_size(images, masks if masks_dir is not None else None)
   _check_pixels(images_dir, images, paths)
-  _check_pixel_sizes(images_dir, paths, metadata, mixed_pixel_sizes)
-  _check_info_bar(paths, bars, crop_bottom)
+  if not pixel_size_nm:
+    _check_pixel_sizes(images_dir, paths, metadata, mixed_pixel_sizes)
+  _check_info_bar(paths, bars, crops, crop_bottom)
   intensity_mean, intensity_std = _statistics(images, "image")
   mean, std = _statistics(images, standardise)
   return SEMDataset(
       root=images_dir, stress_times=stress_times, label_names=label_names, images=images, paths=paths,
-      labels=np.asarray(labels, np.int32), masks=masks if masks_dir is not None else None, mean=mean, std=std,
+      labels=np.asarray(labels, np.int32), masks=masks, mean=mean, std=std,
       manifest=manifest, skipped=skipped, specimens=[specimen_of(p) for p in paths],
-      metadata=metadata, intensity_mean=intensity_mean, intensity_std=intensity_std)
+      metadata=metadata, intensity_mean=intensity_mean, intensity_std=intensity_std, crops=crops,
+      resampled_to_nm=float(pixel_size_nm) if pixel_size_nm else None)
+
+
+def _to_common_size(images: list, masks: list | None):
+  """Images (and masks) cut to the size they all hold, when per-file crops or resampling left them unequal."""
+  shape = scale.common_size(images)
+  if all(im.shape == shape for im in images):
+    return images, masks
+  warnings.warn(f"images differ in size after cropping or resampling (down to {_hxw(shape)}, H x W): each is cut "
+                f"to that size from its top-left corner", stacklevel=3)
+  return ([scale.cut_to(im, shape) for im in images],
+          None if masks is None else [scale.cut_to(m, shape) for m in masks])
+
+
+def _warn_of_metadata_problems(images_dir: str, paths: list, metadata: list) -> None:
+  """One warning line for metadata values read but not used (an implausible pixel size or info bar)."""
+  lines = [f"{_show(os.path.join(images_dir, p))}: {problem}" for p, m in zip(paths, metadata)
+           for problem in m.get("problems", [])]
+  if lines:
+    more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+    warnings.warn("; ".join(lines[:3]) + more, stacklevel=3)
 
 
 def specimen_of(rel_path: str) -> str:
@@ -205,8 +286,9 @@ def _check_pixel_sizes(images_dir: str, paths: list, metadata: list, mode: str) 
   if not sem_metadata.same_pixel_size(small[1], large[1]):
     message = (f"{_show(os.path.join(images_dir, small[0]))} has pixels of {small[1]:.4g} nm but "
                f"{_show(os.path.join(images_dir, large[0]))} of {large[1]:.4g} nm: the model's receptive field and the "
-               f"surface texture are in pixels, so mixed magnifications mix scales; keep one pixel size per dataset, "
-               f"or set data.mixed_pixel_sizes=allow to train on them anyway")
+               f"surface texture are in pixels, so mixed magnifications mix scales; set data.pixel_size_nm to "
+               f"resample every image to one pixel size, keep one pixel size per dataset, or set "
+               f"data.mixed_pixel_sizes=allow to train on them anyway")
     if mode == "refuse":
       raise DataError(message)
     warnings.warn(message, stacklevel=3)
@@ -215,46 +297,57 @@ def _check_pixel_sizes(images_dir: str, paths: list, metadata: list, mode: str) 
                   f"others {small[1]:.4g} nm: check that they were taken at the same magnification", stacklevel=3)
 
 
-def _check_info_bar(paths: list, bars: list, crop_bottom: int) -> None:
-  """Warns when the images seem to keep an info bar (crop_bottom too small) or lose surface (far too large)."""
-  left_in = [(p, b) for p, b in zip(paths, bars) if b > crop_bottom]
+def _check_info_bar(paths: list, bars: list, crops: list, crop_bottom) -> None:
+  """Warns when the images seem to keep an info bar (the crop too small) or lose surface (far too large)."""
+  left_in = [(p, b) for p, b, c in zip(paths, bars, crops) if b > c]
   if left_in:
     height = int(np.median([b for _, b in left_in]))
     warnings.warn(f"{len(left_in)} of {len(paths)} images (e.g. {left_in[0][0]}) seem to end in an info bar of about "
                   f"{height} rows, but data.crop_bottom={crop_bottom}: the bar's text (which may name the sample) "
                   f"would be trained on; set data.crop_bottom={height} if it is a bar", stacklevel=3)
-  elif crop_bottom and bars and max(bars) > 0 and crop_bottom > 2 * max(bars):
+  elif crop_bottom != AUTO_CROP and crop_bottom and bars and max(bars) > 0 and crop_bottom > 2 * max(bars):
     warnings.warn(f"data.crop_bottom={crop_bottom} cuts more than twice the largest info bar found ({max(bars)} "
                   f"rows): surface is being thrown away; check the setting", stacklevel=3)
 
 
-def read_image(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(path: str, max_pixels: int = MAX_PIXELS, page: int = 0) -> np.ndarray:
   """(H, W) grayscale pixels of one image file in its native units, decoded as a dataset's images are (any bit
   depth, colour to luminance, info bar kept); DataError naming the file when it cannot be used."""
   try:
-    return _read_gray(path, max_pixels)
+    return image_reader.read_gray(path, page, max_pixels)
   except _Unreadable as e:
     raise DataError(str(e)) from None
 
 
-class _Unreadable(Exception):
-  """A file that cannot be opened or decoded; the message starts with its path."""
+def peek_image_shape(root, crop_bottom=0, page: int = 0, pixel_size_nm: float = 0.0) -> tuple:
+  """(H, W) after `crop_bottom` (and resampling) of the first readable image under `root`, decoding no pixels:
+  the same reader as the loader, reading only the file's directory and metadata.
 
-
-def _show(path: str) -> str:
-  """The path as printable text, even when the file name is not valid UTF-8."""
-  return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+  For checks that must run before anything is loaded or written (e.g. a patch larger than the images); the full
+  load still checks every image.
+  """
+  images_dir, _, _ = _resolve_layout(os.fsdecode(os.fspath(root)))
+  problems = []
+  for name in _label_folders(images_dir)[0]:
+    for rel in _image_files(images_dir, name):
+      path = os.path.join(images_dir, rel)
+      try:
+        info = image_reader.read_info(path, page)
+      except _Unreadable as e:
+        problems.append(str(e))
+        continue
+      meta = sem_metadata.read_sem_metadata(path, info.height, info.width)
+      crop = (meta.info_bar_rows or 0) if crop_bottom == AUTO_CROP else int(crop_bottom)
+      shape = (info.height - crop, info.width)
+      if pixel_size_nm and meta.pixel_size_nm:
+        shape = scale.resampled_shape(shape, meta.pixel_size_nm, pixel_size_nm)
+      return shape
+  detail = f" (e.g. {problems[0]})" if problems else ""
+  raise DataError(f"{_show(images_dir)}: no readable image{detail}; check the dataset folder (data.root)")
 
 
 def _hxw(shape) -> str:
   return f"{shape[0]}x{shape[1]}"
-
-
-def _first_line(e: Exception) -> str:
-  """A library message cut to one short line, so errors stay one line."""
-  text = (str(e).strip().splitlines() or [""])[0]
-  return f"{type(e).__name__}: {text[:160]}"
-
 
 def _resolve_layout(root: str):
   """(images folder, masks folder or None, manifest path or None) for either layout."""
@@ -372,193 +465,6 @@ def _check_max_pixels(max_pixels) -> None:
     raise ConfigError(f"max_pixels={max_pixels!r}: must be a whole number of pixels >= 1")
 
 
-def _sniff(head: bytes) -> str | None:
-  """The image format the content starts with (".png", ".jpg", ".tif", ".bmp"), whatever the file is named."""
-  if head.startswith(b"\x89PNG\r\n\x1a\n"):
-    return ".png"
-  if head.startswith(b"\xff\xd8\xff"):
-    return ".jpg"
-  if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-    return ".tif"
-  if head.startswith(b"BM"):
-    return ".bmp"
-  return None
-
-
-def _png_shape(data: bytes):
-  if len(data) < 24 or data[12:16] != b"IHDR":
-    return None
-  width, height = struct.unpack(">II", data[16:24])
-  return height, width
-
-
-def _jpeg_shape(data: bytes):
-  # Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8 and CC are other segments.
-  frames = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-  pos = 2
-  while pos + 4 <= len(data):
-    if data[pos] != 0xFF:
-      return None
-    marker = data[pos + 1]
-    if marker == 0xFF:  # fill byte before a marker
-      pos += 1
-      continue
-    if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-      pos += 2
-      continue
-    (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-    if marker in frames:
-      if pos + 9 > len(data):
-        return None
-      height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-      return height, width
-    if length < 2:
-      return None
-    pos += 2 + length
-  return None
-
-
-def _tiff_shape(data: bytes):
-  """(H, W) of the first page from its ImageLength (257) and ImageWidth (256) tags."""
-  order = "<" if data[:2] == b"II" else ">"
-  big = data[2:4] in (b"+\x00", b"\x00+")
-  try:
-    if big:
-      (offset,) = struct.unpack(order + "Q", data[8:16])
-      (count,) = struct.unpack(order + "Q", data[offset:offset + 8])
-      first, size = offset + 8, 20
-    else:
-      (offset,) = struct.unpack(order + "I", data[4:8])
-      (count,) = struct.unpack(order + "H", data[offset:offset + 2])
-      first, size = offset + 2, 12
-    found = {}
-    # SHORT, LONG, LONG8: the value sits in the entry itself
-    formats = {3: "H", 4: "I", 16: "Q"}
-    for i in range(min(count, 4096)):
-      entry = data[first + i * size:first + (i + 1) * size]
-      tag, kind = struct.unpack(order + "HH", entry[:4])
-      if tag in (256, 257) and kind in formats:
-        value_at = 12 if big else 8
-        fmt = formats[kind]
-        (found[tag],) = struct.unpack(order + fmt, entry[value_at:value_at + struct.calcsize(fmt)])
-  except struct.error:
-    return None
-  return (found[257], found[256]) if 256 in found and 257 in found else None
-
-
-def _bmp_shape(data: bytes):
-  if len(data) < 26:
-    return None
-  (header_size,) = struct.unpack("<I", data[14:18])
-  if header_size == 12:  # OS/2 BITMAPCOREHEADER: unsigned 16-bit sizes
-    width, height = struct.unpack("<HH", data[18:22])
-  else:
-    width, height = struct.unpack("<ii", data[18:26])  # a negative height means rows stored top-down
-  return abs(height), abs(width)
-
-
-_SHAPE_READERS = {".png": _png_shape, ".jpg": _jpeg_shape, ".tif": _tiff_shape, ".bmp": _bmp_shape}
-
-
-def _open_regular(path: str):
-  """The file opened for reading; _Unreadable unless it is a regular file (after following links)."""
-  # Opening a FIFO waits for a writer and /dev/zero never ends: only regular files are read.
-  if not stat.S_ISREG(os.stat(path).st_mode):
-    raise _Unreadable(f"{_show(path)}: not a regular file (a pipe, device or socket); remove it from the dataset")
-  return open(path, "rb")
-
-
-def _read_header(f, path: str) -> tuple:
-  """(format extension, first bytes, (H, W) or None when not within them) of an open image file."""
-  head = f.read(_HEADER_BYTES)
-  kind = _sniff(head)
-  if kind is None:
-    raise _Unreadable(f"{_show(path)}: file is empty (0 bytes)" if not head else
-                      f"{_show(path)}: not a decodable image: its content is no PNG, JPEG, TIFF or BMP (it starts "
-                      f"{head[:8]!r})")
-  return kind, head, _SHAPE_READERS[kind](head)
-
-
-def _read_pixels(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """Decoded pixels of one file; raises _Unreadable naming the file for any failure.
-
-  The format is taken from the content, not the name (a JPEG saved as .png still loads), and the dimensions
-  from the header are checked against `max_pixels` before the decoder allocates anything.
-  """
-  shown = _show(path)
-  try:
-    path.encode("utf-8")
-  except UnicodeEncodeError:
-    raise _Unreadable(f"{shown}: file name is not valid UTF-8 (rename it)") from None
-  try:
-    with _open_regular(path) as f:
-      kind, head, shape = _read_header(f, path)
-      data = head + f.read()
-  except OSError as e:
-    raise _Unreadable(f"{shown}: cannot open ({_first_line(e)})") from None
-  if shape is None and len(data) > len(head):
-    shape = _SHAPE_READERS[kind](data)
-  if shape is None:
-    raise _Unreadable(f"{shown}: not a decodable image: its {kind[1:].upper()} header is truncated or corrupt "
-                      "(no image size found)")
-  if shape[0] * shape[1] > max_pixels:
-    raise _Unreadable(f"{shown}: header declares {_hxw(shape)} (H x W) = {shape[0] * shape[1]} pixels, above the "
-                      f"limit of {max_pixels} (data.max_pixels); raise the limit if the image is real")
-  try:
-    # index=0: the first page of a multi-page file; the shape check below rejects stacks a plugin returns whole.
-    return np.asarray(iio.imread(data, extension=kind, index=0))
-  except Exception as e:  # decoders raise many types (OSError, ValueError, SyntaxError, struct.error, ...)
-    raise _Unreadable(f"{shown}: not a decodable image, corrupt or truncated ({_first_line(e)})") from None
-
-
-def peek_image_shape(root, crop_bottom: int = 0) -> tuple:
-  """(H, W) after `crop_bottom` of the first image under `root` with a readable header, decoding nothing.
-
-  For checks that must run before anything is loaded or written (e.g. a patch larger than the images); the full
-  load still checks every image.
-  """
-  images_dir, _, _ = _resolve_layout(os.fsdecode(os.fspath(root)))
-  for name in _label_folders(images_dir)[0]:
-    for rel in _image_files(images_dir, name):
-      path = os.path.join(images_dir, rel)
-      try:
-        with _open_regular(path) as f:
-          _, _, shape = _read_header(f, path)
-      except (OSError, _Unreadable):
-        continue
-      if shape is not None:
-        return shape[0] - crop_bottom, shape[1]
-  raise DataError(f"{_show(images_dir)}: no image with a readable header; check the dataset folder (data.root)")
-
-
-def _read_gray(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-  """(H, W) image in uint8, uint16 or float32; colour is converted to luminance and alpha dropped."""
-  pixels = _read_pixels(path, max_pixels)
-  if pixels.ndim == 3 and pixels.shape[-1] in (1, 2):  # gray or gray + alpha
-    pixels = pixels[..., 0]
-  elif pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # RGB or RGBA
-    pixels = _luminance(pixels[..., :3])
-  if pixels.ndim != 2 or 0 in pixels.shape:
-    raise _Unreadable(f"{_show(path)}: pixel array of shape {pixels.shape} is not one gray or RGB(A) image "
-                      f"(multi-page?); save a single page per file")
-  if pixels.dtype == np.bool_:
-    return pixels.astype(np.uint8)
-  if pixels.dtype not in (np.uint8, np.uint16):
-    pixels = pixels.astype(np.float32, copy=False)  # other depths (int32, float64, ...): float32 is exact below 2**24
-    if not np.isfinite(pixels).all():
-      raise _Unreadable(f"{_show(path)}: contains NaN or infinite pixels")
-  return pixels
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-  """(H, W) luma of (H, W, 3) pixels; integer input rounds back to its own dtype."""
-  luma = rgb.astype(np.float32) @ LUMA_WEIGHTS
-  if np.issubdtype(rgb.dtype, np.integer):
-    info = np.iinfo(rgb.dtype)
-    return np.clip(np.rint(luma), info.min, info.max).astype(rgb.dtype)
-  return luma
-
-
 def _read_mask(masks_dir: str, rel: str, shape, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """(H, W) uint8 {0, 1} mask matching image `rel` (same relative path, or same stem with any image extension)."""
   stem = os.path.splitext(rel)[0]
@@ -567,7 +473,7 @@ def _read_mask(masks_dir: str, rel: str, shape, max_pixels: int = MAX_PIXELS) ->
   if path is None:
     raise DataError(f"{_show(os.path.join(masks_dir, rel))}: mask missing for image {_show(rel)}; regenerate the "
                     f"dataset or delete the masks folder")
-  pixels = _read_pixels(path, max_pixels)
+  pixels, _ = image_reader.read_pixels(path, 0, max_pixels)
   if pixels.ndim == 3:
     pixels = pixels[..., :3].max(axis=-1)  # any non-zero colour channel is foreground; alpha ignored
   if pixels.shape != shape:

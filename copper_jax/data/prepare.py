@@ -9,7 +9,7 @@ import numpy as np
 
 from copper_jax import processes
 from copper_jax.store import workdir
-from copper_jax.data import folder, sampler, splits, synthetic
+from copper_jax.data import folder, sampler, sem_metadata, splits, synthetic
 from copper_jax.errors import ConfigError, DataError
 from copper_jax.store.logs import log
 
@@ -21,11 +21,13 @@ def check_patch_fits(config) -> None:
   folder) or the synthetic preset, or naming an unknown synthetic texture; nothing is loaded or written, so it can
   run before the workdir is made."""
   if config.data.root:
-    height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom)
+    height, width = folder.peek_image_shape(config.data.root, config.data.crop_bottom, config.data.page,
+                                            config.data.pixel_size_nm)
   else:
     synthetic.check_texture(config.data.synthetic.texture)
     height, width = synthetic.image_shape(config.data.synthetic.preset, **_synthetic_overrides(config.data.synthetic))
-    height -= config.data.crop_bottom
+    # The synthetic set records no info bar, so "auto" crops nothing.
+    height -= 0 if config.data.crop_bottom == folder.AUTO_CROP else config.data.crop_bottom
   if config.train.patch_size > min(height, width):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the {height}x{width} "
                       f"(H x W) images; choose at most {min(height, width)}")
@@ -55,7 +57,8 @@ def load_dataset(config, work_dir: str):
     processes.barrier("synthetic data written")
   dataset = folder.load_folder(root, crop_bottom=config.data.crop_bottom,
                                skip_unreadable=config.data.skip_unreadable, standardise=config.data.standardise,
-                               max_pixels=config.data.max_pixels, mixed_pixel_sizes=config.data.mixed_pixel_sizes)
+                               max_pixels=config.data.max_pixels, mixed_pixel_sizes=config.data.mixed_pixel_sizes,
+                               page=config.data.page, pixel_size_nm=config.data.pixel_size_nm)
   if config.train.patch_size > min(dataset.image_shape):
     raise ConfigError(f"config.train.patch_size={config.train.patch_size} is larger than the images "
                       f"{dataset.image_shape}; choose at most {min(dataset.image_shape)}")
@@ -84,13 +87,15 @@ def data_identity(config, work_dir: str, dataset) -> dict:
     listing.update(f"{rel}\t{os.path.getsize(os.path.join(dataset.root, rel))}\n".encode("utf-8", "surrogateescape"))
   return {"root": shown_root, "num_files": len(dataset.paths), "files_sha256": listing.hexdigest(),
           "dtype": np.dtype(dataset.images[0].dtype).name, "image_shape": list(dataset.image_shape),
-          "standardise": config.data.standardise, "crop_bottom": int(config.data.crop_bottom),
+          "standardise": config.data.standardise, "crop_bottom": config.data.crop_bottom,
+          "page": int(config.data.page), "pixel_size_nm": float(config.data.pixel_size_nm),
           "pixel_mean": float(np.mean(dataset.intensity_mean)), "pixel_std": float(np.mean(dataset.intensity_std))}
 
 
 _IDENTITY_WORDS = {"root": "root", "num_files": "number of files", "files_sha256": "file names or sizes",
                    "dtype": "pixel type", "image_shape": "image size", "standardise": "data.standardise",
-                   "crop_bottom": "data.crop_bottom", "pixel_mean": "pixel mean", "pixel_std": "pixel std"}
+                   "crop_bottom": "data.crop_bottom", "page": "data.page", "pixel_size_nm": "data.pixel_size_nm",
+                   "pixel_mean": "pixel mean", "pixel_std": "pixel std"}
 
 
 def check_same_data(config, work_dir: str, dataset) -> None:
@@ -148,8 +153,26 @@ class DataSummary:
   std: float                # "image")
   split_sizes: dict         # images per split
   # What new images are checked against (None in summaries written before these were recorded):
-  pixel_size_nm: float | None = None   # median pixel size of the training images, from their metadata
+  pixel_size_nm: float | None = None   # the scale trained at: data.pixel_size_nm, else the files' common size
   intensity_range: dict | None = None  # {"mean": [lo, hi], "std": [lo, hi]}: the training images' own mean and std
+  pixel_size_range_nm: list | None = None  # [lo, hi] of the training files' pixel sizes as they are
+  resampled_to_nm: float | None = None     # data.pixel_size_nm when the images were resampled to it
+
+  def pixel_size_flag(self, pixel_size_nm: float | None) -> str | None:
+    """Why a new image's pixel size (from its file) is unlike the training images', or None: resampled sets take
+    any known size; otherwise the size must lie in the training files' range (one size, or several with
+    data.mixed_pixel_sizes=allow), within `sem_metadata.SAME_PIXEL_SIZE_RTOL`."""
+    if self.resampled_to_nm:
+      return None if pixel_size_nm else f"no pixel size in the file; resampled to {self.resampled_to_nm:.4g} nm"
+    span = self.pixel_size_range_nm or ([self.pixel_size_nm] * 2 if self.pixel_size_nm else None)
+    if not span:
+      return None
+    shown = f"{span[0]:.4g} nm" if sem_metadata.same_pixel_size(*span) else f"{span[0]:.4g}..{span[1]:.4g} nm"
+    if not pixel_size_nm:
+      return f"no pixel size in the file; trained on {shown}"
+    inside = span[0] * (1 - sem_metadata.SAME_PIXEL_SIZE_RTOL) <= pixel_size_nm <= span[1] * (
+        1 + sem_metadata.SAME_PIXEL_SIZE_RTOL)
+    return None if inside else f"pixel size {pixel_size_nm:.4g} nm, trained on {shown}"
 
   @property
   def num_classes(self) -> int:
@@ -165,7 +188,8 @@ class DataSummary:
                image_shape=tuple(dataset.image_shape), dtype=np.dtype(dataset.images[0].dtype),
                mean=float(dataset.mean[0]), std=float(dataset.std[0]),
                split_sizes={name: len(paths) for name, paths in split.items()},
-               pixel_size_nm=dataset.pixel_size_nm,
+               pixel_size_nm=dataset.pixel_size_nm, pixel_size_range_nm=dataset.pixel_size_range_nm,
+               resampled_to_nm=dataset.resampled_to_nm,
                intensity_range={"mean": [float(dataset.intensity_mean.min()), float(dataset.intensity_mean.max())],
                                 "std": [float(dataset.intensity_std.min()), float(dataset.intensity_std.max())]})
 
@@ -177,6 +201,8 @@ def save_summary(config, work_dir: str, dataset, split: dict) -> None:
       "stress_times": summary.stress_times.tolist(), "label_names": summary.label_names,
       "image_shape": list(summary.image_shape), "dtype": summary.dtype.name, "mean": summary.mean,
       "std": summary.std, "split_sizes": summary.split_sizes, "pixel_size_nm": summary.pixel_size_nm,
+      "pixel_size_range_nm": summary.pixel_size_range_nm, "resampled_to_nm": summary.resampled_to_nm,
+      "crop_bottom": config.data.crop_bottom, "page": int(config.data.page),
       "intensity_range": summary.intensity_range, "identity": data_identity(config, work_dir, dataset)})
 
 
@@ -216,7 +242,9 @@ def load_summary(config, work_dir: str) -> DataSummary:
                           label_names=list(raw["label_names"]), image_shape=tuple(raw["image_shape"]),
                           dtype=np.dtype(raw["dtype"]), mean=float(raw["mean"]), std=float(raw["std"]),
                           split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
-                          pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"))
+                          pixel_size_nm=raw.get("pixel_size_nm"), intensity_range=raw.get("intensity_range"),
+                          pixel_size_range_nm=raw.get("pixel_size_range_nm"),
+                          resampled_to_nm=raw.get("resampled_to_nm"))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); delete it to reload the training data "
                     f"instead") from None

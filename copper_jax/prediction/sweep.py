@@ -163,7 +163,7 @@ class SweepPredictor:
     target = os.path.join(out_dir, stem)
     H, W = image.shape
     crop = self.reader.crop_bottom
-    meta = sem_metadata.read_sem_metadata(file, H)
+    meta = self.reader.metadata(file, H)
     masks_SxHxW = self.masks(image)
     probability = masks_SxHxW.mean(0)
     fraction_S = masks_SxHxW[:, :H - crop].mean(axis=(1, 2), dtype=np.float64)
