@@ -94,6 +94,11 @@ def test_tescan_binary_chunks_give_pixel_size_voltage_and_the_recorded_strip(tmp
     ({"ap_pixel_size": ("Pixel Size", "5.825 nm")}, None, 5.825 * 1024 / 512, "ap_pixel_size x 1024 / width"),
     ({"ap_pixel_size": ("Pixel Size", "2,5 µm")}, None, 2500 * 1024 / 512, "ap_pixel_size"),  # decimal comma
     ({"ap_mag": ("Mag", "50.00 K X")}, 5.824988e-9, 5.824988 * 1024 / 512, "first struct entry"),
+    # The panel's rounded value and the struct's unrounded one agree: the unrounded one is kept.
+    ({"ap_image_pixel_size": ("Image Pixel Size", "11.65 nm")}, 5.824988e-9, 5.824988 * 1024 / 512,
+     "first struct entry x 1024 / width (agrees with ap_image_pixel_size)"),
+    # They disagree beyond rounding: the image's own entry wins.
+    ({"ap_image_pixel_size": ("Image Pixel Size", "3.1 nm")}, 5.824988e-9, 3.1, "ap_image_pixel_size"),
 ])
 def test_zeiss_pixel_size_from_each_way_it_is_recorded(tmp_path, entries, struct_m, expected, source):
   path = str(tmp_path / "zeiss.tif")
@@ -309,7 +314,7 @@ def test_new_data_keys_take_auto_and_pixel_sizes_and_refuse_the_rest_in_one_line
 
 def test_predict_reads_new_images_as_the_training_images_were_prepared(tmp_path):
   from configs import sweep as sweep_configs
-  from copper_jax import predict
+  from copper_jax.prediction import reader as reader_lib
   surface = _surface((64, 64))
   path = _fei(tmp_path / "new.tif", surface, pixel_width="2e-9", bar_rows=8)
   config = sweep_configs.get_config("smoke")
@@ -317,7 +322,7 @@ def test_predict_reads_new_images_as_the_training_images_were_prepared(tmp_path)
   summary = prepare.DataSummary(stress_times=np.array([0.0, 1.0]), label_names=["0", "1"], image_shape=(32, 32),
                                 dtype=np.dtype(np.uint8), mean=0.0, std=1.0, split_sizes={}, pixel_size_nm=4.0,
                                 pixel_size_range_nm=[2.0, 2.0], resampled_to_nm=4.0)
-  reader = predict.Reader(config, summary)
+  reader = reader_lib.Reader(config, summary)
   image = reader.read(path)
   assert image.shape == (32, 32) and reader.crop_bottom == 0  # the bar cut, then resampled from 2 to 4 nm
   meta = reader.metadata(path, image.shape[0])

@@ -209,6 +209,11 @@ def _from_zeiss(meta: dict, width: int) -> SEMMetadata:
   data-zone height: the pixel rule finds it."""
   problems = []
   pixel_nm, source = None, None
+  # The struct's first entry (metres, for a 1024-pixel frame) is what SmartSEM computed; the named entries are that
+  # value as its panel shows it, rounded (2.615 um for 2.614514 um).
+  struct_ = meta.get("")
+  metres = parse_number(struct_[3]) if isinstance(struct_, tuple) and len(struct_) > 3 else None
+  from_struct = metres * 1e9 * _ZEISS_REFERENCE_WIDTH / width if metres is not None and metres > 0 else None
   size, unit = _zeiss_entry(meta, "ap_image_pixel_size")
   if size is not None:
     source = "Zeiss tag 34118 ap_image_pixel_size"
@@ -217,12 +222,13 @@ def _from_zeiss(meta: dict, width: int) -> SEMMetadata:
     size, unit = _zeiss_entry(meta, "ap_pixel_size")
     reference = parse_length_nm(size, unit) if size is not None else None
     source = "Zeiss tag 34118 ap_pixel_size x 1024 / width"
-    if reference is None:
-      struct_ = meta.get("")
-      metres = parse_number(struct_[3]) if isinstance(struct_, tuple) and len(struct_) > 3 else None
-      reference = metres * 1e9 if metres is not None else None
-      source = "Zeiss tag 34118 first struct entry x 1024 / width"
     pixel_nm = reference * _ZEISS_REFERENCE_WIDTH / width if reference is not None else None
+  if pixel_nm is None and from_struct is not None:
+    pixel_nm, source = from_struct, "Zeiss tag 34118 first struct entry x 1024 / width"
+  elif pixel_nm is not None and from_struct is not None and abs(from_struct - pixel_nm) <= 5e-3 * pixel_nm:
+    # The same size to the panel's rounding: keep the unrounded one.
+    named = source.split(" x ")[0].split()[-1]
+    pixel_nm, source = from_struct, f"Zeiss tag 34118 first struct entry x 1024 / width (agrees with {named})"
   if pixel_nm is None and size is not None:
     problems.append(f"Zeiss pixel size {size!r} {unit} not understood: ignored")
   pixel_nm = _plausible_size(pixel_nm, source, problems, size)
