@@ -282,6 +282,14 @@ def test_inspection_lists_every_file_and_what_a_sweep_would_refuse(tmp_path):
   assert header.split(",") == list(inspection.COLUMNS)
 
 
+def test_inspect_rows_keep_formulas_out_of_the_spreadsheet(tmp_path):
+  _fei(tmp_path / "=HYPERLINK(1)" / "+cmd.tif", _surface(), pixel_width="2.5e-9")
+  rows, _ = inspection.inspect_folder(str(tmp_path))
+  text = inspection.rows_csv(rows)
+  cell = text.splitlines()[1].split(",")[0]
+  assert cell.startswith("'=HYPERLINK(1)") and ",2.5," in text  # the name shown, not run; the number a number
+
+
 def test_inspect_launcher_writes_the_rows_and_never_overwrites(tmp_path):
   _fei(tmp_path / "images" / "0" / "a.tif", _surface())
   out = tmp_path / "rows.csv"

@@ -4,13 +4,12 @@
 own reader and metadata parser, decoding each file's pixels once (the pixel rule for info bars needs them), and
 returns the rows and a short summary. `launch/inspect.py` prints them, and writes the rows as CSV.
 """
-import csv
-import io
 import os
 
 import numpy as np
 
 from copper_jax.data import image_reader, sem_metadata
+from copper_jax.store import tables
 
 COLUMNS = ("path", "readable", "height", "width", "dtype", "pages", "vendor", "instrument", "pixel_size_nm",
            "pixel_size_source", "voltage_kv", "magnification", "detector", "info_bar_rows", "info_bar_source",
@@ -124,19 +123,11 @@ def inspect_folder(root: str, page: int = 0, max_pixels: int = image_reader.MAX_
   return rows, summary_lines(root, rows)
 
 
-def _cell(value) -> str:
-  if value is None:
-    return ""
-  if isinstance(value, float):
-    return f"{value:.6g}"
-  return str(value)
+def _cell(value):
+  return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def rows_csv(rows: list[dict]) -> str:
-  """The rows as CSV text with a header of COLUMNS (empty cells where unknown)."""
-  out = io.StringIO()
-  writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(COLUMNS)
-  for row in rows:
-    writer.writerow([_cell(row[c]) for c in COLUMNS])
-  return out.getvalue()
+  """The rows as CSV text with a header of COLUMNS (empty cells where unknown), through the project's one CSV
+  writer: a file name a spreadsheet would evaluate is shown, not run."""
+  return tables.csv_text(list(COLUMNS), [[_cell(row[c]) for c in COLUMNS] for row in rows])
