@@ -42,7 +42,9 @@ import numpy as np
 import optax
 
 from benchmarks import conv
-from copper_jax import host_memory, members, optim, predict
+from copper_jax import host_memory, members, optim
+from copper_jax.prediction import sweep as prediction_sweep
+from copper_jax.prediction import tiling
 from copper_jax.classifier import steps as clf_steps
 from copper_jax.data import folder, sampler, synthetic
 from copper_jax.models import describe, layers, make_model
@@ -481,7 +483,7 @@ def measure_sweeps(preset: Preset, log) -> tuple:
 
 
 def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
-  """One image of `predict_hw` through `predict.predict_tiled`: whole, and in the default tiles."""
+  """One image of `predict_hw` through `tiling.predict_tiled`: whole, and in the default tiles."""
   shape = preset.predict_shape
   model = _model("segmentation", shape)
   state = _init_fn("segmentation", shape)(jax.random.key(0))
@@ -497,14 +499,14 @@ def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
   logits = jax.jit(lambda state, image: model.apply({"params": state.params["net"], "batch_stats": state.batch_stats},
                                                     image, False, method=type(model).mask_logits))
   image = np.random.default_rng(0).normal(size=preset.predict_hw).astype(np.float32)
-  tile, margin, multiple = predict.tile_geometry(ml_collections.ConfigDict(
-      {"c": shape.c, "d": shape.d, "n": shape.n, "N": shape.N, "norm": "batch"}), predict.FALLBACK_TILE)
+  tile, margin, multiple = tiling.tile_geometry(ml_collections.ConfigDict(
+      {"c": shape.c, "d": shape.d, "n": shape.n, "N": shape.N, "norm": "batch"}), prediction_sweep.FALLBACK_TILE)
   items, first = [], {}
   for name, side in (("whole", 0), ("tiled", tile)):
     def run(steps, side=side):
       def go():
         for _ in range(steps):
-          predict.predict_tiled(lambda x: masks(state, jnp.asarray(x)), image, side, margin, multiple)
+          tiling.predict_tiled(lambda x: masks(state, jnp.asarray(x)), image, side, margin, multiple)
       return _clock(go)
     first[name] = run(1)
     items.append(Item(name, run))
@@ -516,7 +518,7 @@ def measure_prediction(preset: Preset, torch: TorchWorker | None, log) -> tuple:
   log(f"timing prediction, {preset.repeats} rounds")
   interleave(items, preset.repeats, 0.0, log)
   # the tiles must give the whole image's logits (the mask's sigmoid hides differences where it saturates)
-  whole, tiled = (predict.predict_tiled(lambda x: logits(state, jnp.asarray(x)), image, side, margin, multiple)
+  whole, tiled = (tiling.predict_tiled(lambda x: logits(state, jnp.asarray(x)), image, side, margin, multiple)
                   for side in (0, tile))
   diff = float(np.max(np.abs(tiled - whole)) / max(float(np.max(np.abs(whole))), 1e-12))
   check = {"max_rel_diff": diff, "tolerance": 1e-5, "passed": bool(diff <= 1e-5)}

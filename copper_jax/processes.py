@@ -134,9 +134,17 @@ def to_host(tree):
   return jax.tree_util.tree_map(one, tree)
 
 
+# How long a process waits at a barrier for the slowest of the others (one generating the synthetic set on a busy
+# machine); a dead partner ends the wait sooner, through the heartbeat.
+BARRIER_TIMEOUT_S = 3600
+
+
 def barrier(name: str) -> None:
-  """Every process waits here until all have arrived; nothing with one process."""
+  """Every process waits here until all have arrived; nothing with one process.
+
+  Through the coordination service (orbax's barrier), not a collective: XLA's CPU collectives give up after 30 s,
+  which a partner still loading or compiling on a loaded machine can miss."""
   import jax
   if jax.distributed.is_initialized() and jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+    from orbax.checkpoint import multihost
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=BARRIER_TIMEOUT_S * 1000)
