@@ -172,6 +172,16 @@ def test_a_new_or_empty_folder_is_marked_with_its_kind_and_stays_ours(tmp_path):
     assert workdir.require_kind(path, "--workdir", (workdir.SWEEP, workdir.CLASSIFIER)) == workdir.CLASSIFIER
 
 
+def test_a_folder_whose_mark_is_being_written_is_not_someone_elses(tmp_path):
+  # Another process of the same job checks the workdir while the first writes the mark through a temporary file.
+  (tmp_path / ".lock").write_text("")
+  (tmp_path / f".{workdir.MARK_FILE}.x1y2.tmp")  # as atomic_write_json names it.write_text("{")
+  assert workdir.check_claim(str(tmp_path), workdir.SWEEP, "--workdir") == str(tmp_path)
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(UserError, match="already holds files copper_jax did not write"):
+    workdir.check_claim(str(tmp_path), workdir.SWEEP, "--workdir")
+
+
 def test_earlier_versions_folders_are_recognised_by_their_files_and_marked(tmp_path):
   sweep_dir = tmp_path / "sweep"
   sweep_dir.mkdir()

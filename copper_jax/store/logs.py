@@ -5,6 +5,7 @@ TensorBoard event files come from tensorboardX (no TensorFlow); the bar is tqdm'
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,6 +14,10 @@ from tensorboardX import SummaryWriter
 
 from copper_jax import processes
 from copper_jax.store import workdir as workdir_lib
+
+# tqdm otherwise makes its lock on the first write, a multiprocessing lock whose import a SIGTERM or Ctrl-C can
+# interrupt, leaving tqdm without a lock and the one-line stop as a traceback. One process draws our bars.
+tqdm.tqdm.set_lock(threading.RLock())
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"

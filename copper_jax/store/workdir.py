@@ -151,9 +151,10 @@ def read_mark(folder: str) -> dict | None:
 
 
 def _foreign_entries(folder: str) -> list[str]:
-  """Entries of `folder` other than the mark, the lock and a writability probe: what makes it not empty."""
+  """Entries of `folder` other than the mark (and the temporary file it is written through: another process of the
+  same job may look while the first writes it), the lock and a writability probe: what makes it not empty."""
   return sorted(n for n in os.listdir(folder) if n not in (MARK_FILE, LOCK_FILE)
-                and not n.startswith(".copper_jax_probe."))
+                and not n.startswith((".copper_jax_probe.", f".{MARK_FILE}.")))
 
 
 def _json_object(path: str):
