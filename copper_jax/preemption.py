@@ -10,6 +10,7 @@ in each process and agrees on one step at which all of them stop (`multihost_uti
 so every process saves the same step and none waits forever in a collective. SIGINT keeps its usual meaning there:
 a Ctrl-C reaches one process only, and stopping one alone would leave the others blocked.
 """
+import contextlib
 import signal
 import threading
 
@@ -30,6 +31,34 @@ class Preempted(Exception):
 def _several_processes() -> bool:
   import jax  # not at import time: the launchers import this module before JAX may start (see copper_jax.cli)
   return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+@contextlib.contextmanager
+def signals_held():
+  """Within the block SIGTERM and SIGINT are recorded, and delivered to their usual handlers when it ends.
+
+  For work that must not be cut halfway by Python unwinding from a signal handler: an orbax save or restore runs
+  tensorstore writes whose completion callbacks reach back into orbax's asyncio loop, and a signal raised while the
+  loop is being torn down leaves tensorstore printing "Event loop is closed" tracebacks as the process stops.
+  Held, the signal acts a moment later, once the checkpoint is whole. With several processes the SIGTERM handler
+  is JAX's (in C++, see the module docstring), which a Python handler could replace but never put back: nothing
+  is held there.
+  """
+  signums = (signal.SIGTERM, signal.SIGINT)
+  if (threading.current_thread() is not threading.main_thread() or _several_processes()
+      or any(signal.getsignal(signum) is None for signum in signums)):
+    yield
+    return
+  caught = []
+  previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+              for signum in signums}
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+    for signum in dict.fromkeys(caught):
+      signal.raise_signal(signum)
 
 
 class StopOnSignal:

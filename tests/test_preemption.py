@@ -32,3 +32,42 @@ def test_the_message_names_the_signal_the_step_and_the_fix():
   assert str(error) == ("stopped by SIGTERM after step 7 of 12; checkpoint saved in /w/checkpoints: rerun the same "
                         "command to resume")
   assert preemption.EXIT_STATUS not in (0, 1, 2, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise _Interrupted(signal.Signals(signum).name)
+
+
+def test_signals_held_reach_their_handler_once_the_block_ends_and_not_inside_it():
+  previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    finished = []
+    try:
+      with preemption.signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # twice: still one stop, after the block
+        finished.append("inside")
+      finished.append("after")
+    except _Interrupted as e:
+      assert str(e) == "SIGTERM"
+    assert finished == ["inside"]
+    assert signal.getsignal(signal.SIGTERM) is _raise_interrupted
+    with preemption.signals_held():
+      pass  # no signal: nothing delivered, handlers back
+    assert {s: signal.getsignal(s) for s in previous} == {s: _raise_interrupted for s in previous}
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def test_a_signal_held_inside_a_stop_block_becomes_the_stop():
+  with preemption.StopOnSignal() as stop:
+    with preemption.signals_held():
+      os.kill(os.getpid(), signal.SIGINT)
+      assert not stop.due(1)
+    assert stop.due(2) and stop.signal_name == "SIGINT"

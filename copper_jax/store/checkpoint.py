@@ -10,6 +10,7 @@ orbax itself does not notice a garbled array file (it restores wrong numbers sil
 dtype (it casts), so restore checks the target against the manifest before reading and every value after.
 """
 import errno
+import functools
 import gc
 import glob
 import hashlib
@@ -27,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from copper_jax import config_utils, processes
+from copper_jax import config_utils, preemption, processes
 from copper_jax.errors import CheckpointError
 
 STATE, META, MANIFEST = "state", "meta", "manifest"
@@ -114,6 +115,16 @@ class _KeepStep:
     return [info.step == self.step for info in checkpoints]
 
 
+def _whole(method):
+  """Runs `method` with SIGTERM and SIGINT held until it returns (`preemption.signals_held`): a signal then stops
+  the run between two orbax calls, never inside one."""
+  @functools.wraps(method)
+  def held(*args, **kwargs):
+    with preemption.signals_held():
+      return method(*args, **kwargs)
+  return held
+
+
 class Checkpointer:
   """Saves and strictly restores (state, meta) checkpoints in `directory`.
 
@@ -121,6 +132,7 @@ class Checkpointer:
   `meta["metrics"][best_metric]` (highest for best_mode="max", lowest for "min").
   """
 
+  @_whole
   def __init__(self, directory: str, *, max_to_keep: int = 2, best_metric: str | None = None,
                best_mode: str = "max"):
     if max_to_keep < 1:
@@ -174,6 +186,7 @@ class Checkpointer:
     """Step with the best `best_metric` value; None without best_metric or before any step had a value."""
     return self._best.step
 
+  @_whole
   def save(self, step: int, state, meta: dict, *, best_value: float | None = None) -> None:
     """Writes step `step` and returns once it is complete on disk.
 
@@ -242,6 +255,7 @@ class Checkpointer:
     raise CheckpointError(f"disk full while saving checkpoint step {step} in {self.directory} ({reason}); "
                           f"{intact}: free space and rerun the same command to resume")
 
+  @_whole
   def restore(self, abstract_state, expected_meta: dict, step: int | None = None,
               which: str = "latest") -> tuple:
     """(state, meta) of `step`, or of the latest ("latest") or best ("best") step.
@@ -370,6 +384,7 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint step {step} in {self.directory} does not fit the state: {problem}; "
                             "use the code and config that wrote it or a fresh --workdir")
 
+  @_whole
   def close(self) -> None:
     """Waits for orbax's pending writes and its clean-up of an interrupted save's temporary folder (which orbax runs
     in the background from open and awaits only in its next save: a restore-only run closing early would leave it
